@@ -1,0 +1,269 @@
+//! Runtime configuration: builder and environment variables.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::errors::ConfigError;
+
+/// Environment variable: the pool's name in events and reports.
+pub const ENV_POOL_NAME: &str = "POOLWATCH_POOL_NAME";
+/// Environment variable: hold time past which a guard is reported (humantime, e.g. `5s`).
+pub const ENV_HOLD_THRESHOLD: &str = "POOLWATCH_HOLD_THRESHOLD";
+/// Environment variable: wait time past which an acquire is reported (humantime, e.g. `1s`).
+pub const ENV_SLOW_ACQUIRE: &str = "POOLWATCH_SLOW_ACQUIRE";
+/// Environment variable: how many distinct call sites get their own statistics.
+pub const ENV_MAX_SITES: &str = "POOLWATCH_MAX_SITES";
+
+const KNOWN_VARIABLES: &[&str] = &[
+    ENV_POOL_NAME,
+    ENV_HOLD_THRESHOLD,
+    ENV_SLOW_ACQUIRE,
+    ENV_MAX_SITES,
+];
+
+/// What poolwatch watches for, per pool.
+///
+/// Build it in code with [`WatchConfig::builder`], from the environment with
+/// [`WatchConfig::from_env`], or both ([`WatchConfigBuilder::with_env`]).
+///
+/// | setting | default | environment variable |
+/// |---|---|---|
+/// | [`pool_name`](Self::pool_name) | `"default"` | `POOLWATCH_POOL_NAME` |
+/// | [`hold_threshold`](Self::hold_threshold) | 5 s | `POOLWATCH_HOLD_THRESHOLD` |
+/// | [`slow_acquire`](Self::slow_acquire) | 1 s | `POOLWATCH_SLOW_ACQUIRE` |
+/// | [`max_sites`](Self::max_sites) | 256 | `POOLWATCH_MAX_SITES` |
+///
+/// ```
+/// use std::time::Duration;
+/// use poolwatch::WatchConfig;
+///
+/// let config = WatchConfig::builder()
+///     .pool_name("main")
+///     .hold_threshold(Duration::from_secs(2))
+///     .build()?;
+/// assert_eq!(config.pool_name, "main");
+/// assert_eq!(config.slow_acquire, Duration::from_secs(1));
+/// # Ok::<(), poolwatch::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WatchConfig {
+    /// The pool's name in events and reports (`pool` field).
+    pub pool_name: String,
+    /// A guard returned after holding its connection longer than this is
+    /// reported at WARN.
+    pub hold_threshold: Duration,
+    /// An acquire that waited longer than this is reported at WARN.
+    pub slow_acquire: Duration,
+    /// Distinct call sites with statistics of their own; later sites share
+    /// the [`CallSite::OVERFLOW`](crate::CallSite::OVERFLOW) bucket, so memory stays bounded.
+    pub max_sites: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            pool_name: "default".to_owned(),
+            hold_threshold: Duration::from_secs(5),
+            slow_acquire: Duration::from_secs(1),
+            max_sites: 256,
+        }
+    }
+}
+
+impl WatchConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> WatchConfigBuilder {
+        WatchConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// The defaults, overridden by the `POOLWATCH_*` environment variables.
+    ///
+    /// A variable that is set but does not parse, or an unknown
+    /// `POOLWATCH_*` variable, is an error naming it: never a silent default.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::builder().with_env()?.build()
+    }
+
+    /// Like [`from_env`](Self::from_env), reading the given variables instead
+    /// of the process environment (variables not starting with `POOLWATCH_`
+    /// are ignored).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = poolwatch::WatchConfig::from_vars([
+    ///     ("POOLWATCH_POOL_NAME", "main"),
+    ///     ("POOLWATCH_HOLD_THRESHOLD", "1m 30s"),
+    ///     ("HOME", "/root"),
+    /// ])?;
+    /// assert_eq!(config.hold_threshold, Duration::from_secs(90));
+    /// # Ok::<(), poolwatch::ConfigError>(())
+    /// ```
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        Self::builder().with_vars(vars)?.build()
+    }
+}
+
+/// Builds a [`WatchConfig`]; see there for the settings and defaults.
+#[derive(Clone, Debug)]
+pub struct WatchConfigBuilder {
+    config: WatchConfig,
+}
+
+impl WatchConfigBuilder {
+    /// The pool's name in events and reports.
+    pub fn pool_name(mut self, name: impl Into<String>) -> Self {
+        self.config.pool_name = name.into();
+        self
+    }
+
+    /// Hold time past which a returned guard is reported at WARN.
+    pub fn hold_threshold(mut self, threshold: Duration) -> Self {
+        self.config.hold_threshold = threshold;
+        self
+    }
+
+    /// Wait time past which an acquire is reported at WARN.
+    pub fn slow_acquire(mut self, threshold: Duration) -> Self {
+        self.config.slow_acquire = threshold;
+        self
+    }
+
+    /// How many distinct call sites get statistics of their own.
+    pub fn max_sites(mut self, max_sites: usize) -> Self {
+        self.config.max_sites = max_sites;
+        self
+    }
+
+    /// Applies the `POOLWATCH_*` variables of the process environment.
+    /// Settings made after this call override them.
+    pub fn with_env(self) -> Result<Self, ConfigError> {
+        let mut vars = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().filter(|n| n.starts_with("POOLWATCH_")) else {
+                continue;
+            };
+            let value = value
+                .into_string()
+                .map_err(|_: OsString| ConfigError::NotUnicode {
+                    variable: name.to_owned(),
+                })?;
+            vars.push((name.to_owned(), value));
+        }
+        self.with_vars(vars)
+    }
+
+    /// Applies `POOLWATCH_*` variables from the given pairs.
+    pub fn with_vars<K, V>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        for (name, value) in vars {
+            let (name, value) = (name.as_ref(), value.as_ref());
+            match name {
+                ENV_POOL_NAME => self.config.pool_name = parse_name(name, value)?,
+                ENV_HOLD_THRESHOLD => self.config.hold_threshold = parse_duration(name, value)?,
+                ENV_SLOW_ACQUIRE => self.config.slow_acquire = parse_duration(name, value)?,
+                ENV_MAX_SITES => self.config.max_sites = parse_count(name, value)?,
+                _ if name.starts_with("POOLWATCH_") => {
+                    return Err(ConfigError::UnknownVariable {
+                        variable: name.to_owned(),
+                        known: KNOWN_VARIABLES.join(", "),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks the settings and returns the configuration.
+    pub fn build(self) -> Result<WatchConfig, ConfigError> {
+        let c = &self.config;
+        if c.hold_threshold.is_zero() {
+            return Err(invalid_setting(
+                "hold_threshold",
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        if c.slow_acquire.is_zero() {
+            return Err(invalid_setting(
+                "slow_acquire",
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        if c.max_sites == 0 {
+            return Err(invalid_setting("max_sites", "0", "must be at least 1"));
+        }
+        if c.pool_name.trim().is_empty() {
+            return Err(invalid_setting("pool_name", "\"\"", "must not be empty"));
+        }
+        Ok(self.config)
+    }
+}
+
+fn invalid_setting(setting: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::InvalidSetting {
+        setting,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn invalid_variable(variable: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidVariable {
+        variable: variable.to_owned(),
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
+    let duration = humantime::parse_duration(value.trim()).map_err(|e| {
+        invalid_variable(
+            variable,
+            value,
+            format!("{e}; expected a duration such as 500ms, 5s or 2m"),
+        )
+    })?;
+    if duration.is_zero() {
+        return Err(invalid_variable(
+            variable,
+            value,
+            "must be greater than zero",
+        ));
+    }
+    Ok(duration)
+}
+
+fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err(invalid_variable(variable, value, "must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(invalid_variable(
+            variable,
+            value,
+            format!("{e}; expected a whole number such as 256"),
+        )),
+    }
+}
+
+fn parse_name(variable: &str, value: &str) -> Result<String, ConfigError> {
+    let name = value.trim();
+    if name.is_empty() {
+        return Err(invalid_variable(variable, value, "must not be empty"));
+    }
+    Ok(name.to_owned())
+}

@@ -1,0 +1,208 @@
+//! Everything poolwatch says through `tracing` (target `poolwatch`).
+//!
+//! Events are emitted after the ledger's locks are released, and inside
+//! `catch_unwind`: a subscriber that panics must not take a guard's `Drop`
+//! (and with it the pool's slot) down.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::ledger::{Closed, Ledger, Settings};
+use crate::outcome::{AcquireFailure, Outcome};
+use crate::site::{CallSite, SpanInfo};
+use crate::snapshot::PoolStatus;
+
+/// The tracing target of every poolwatch event.
+pub const TARGET: &str = "poolwatch";
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A duration rounded for people: `850us`, `42ms`, `1s 250ms`, `1m 35s`.
+pub(crate) fn human(d: Duration) -> humantime::FormattedDuration {
+    let rounded = if d < Duration::from_millis(1) {
+        Duration::from_micros(d.as_micros() as u64)
+    } else if d < Duration::from_secs(10) {
+        Duration::from_millis(millis(d))
+    } else {
+        Duration::from_secs(d.as_secs())
+    };
+    humantime::format_duration(rounded)
+}
+
+/// `Option<SpanInfo>` as a field value: the span's name, or empty.
+struct SpanName(Option<SpanInfo>);
+
+impl fmt::Display for SpanName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(span) => f.write_str(span.name),
+            None => Ok(()),
+        }
+    }
+}
+
+fn guarded(emit: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(emit));
+}
+
+/// A guard was returned after holding its connection past the threshold.
+pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome: Outcome) {
+    let threshold = settings.hold_threshold();
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard = closed.id,
+            site = %closed.site,
+            span = %SpanName(closed.span),
+            held_ms = millis(closed.held),
+            threshold_ms = millis(threshold),
+            outcome = outcome.as_str(),
+            "connection held for {} (threshold {}) by {}",
+            human(closed.held),
+            human(threshold),
+            closed.site,
+        );
+    });
+}
+
+/// A guard was dropped while its thread was panicking.
+pub(crate) fn dropped_while_panicking(settings: &Settings, closed: &Closed) {
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard = closed.id,
+            site = %closed.site,
+            span = %SpanName(closed.span),
+            held_ms = millis(closed.held),
+            outcome = Outcome::DroppedWhilePanicking.as_str(),
+            "connection from {} dropped while panicking after {}",
+            closed.site,
+            human(closed.held),
+        );
+    });
+}
+
+/// An acquire succeeded, but only after waiting past the threshold.
+pub(crate) fn slow_acquire(
+    settings: &Settings,
+    guard: u64,
+    site: CallSite,
+    span: Option<SpanInfo>,
+    waited: Duration,
+) {
+    let threshold = settings.slow_acquire();
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard,
+            site = %site,
+            span = %SpanName(span),
+            waited_ms = millis(waited),
+            threshold_ms = millis(threshold),
+            "acquire at {} waited {} for a connection (threshold {})",
+            site,
+            human(waited),
+            human(threshold),
+        );
+    });
+}
+
+/// Outstanding guards of one call site: the "who holds the pool" line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holders {
+    pub(crate) site: CallSite,
+    pub(crate) count: usize,
+    pub(crate) oldest: Duration,
+}
+
+/// Groups the outstanding guards by call site, most guards first.
+pub(crate) fn holders(ledger: &Ledger, now: Instant) -> Vec<Holders> {
+    let mut groups: Vec<Holders> = Vec::new();
+    ledger.for_each_outstanding(|entry| {
+        let site = entry.site();
+        let held = now.saturating_duration_since(entry.acquired_at);
+        match groups.iter_mut().find(|g| g.site == site) {
+            Some(g) => {
+                g.count += 1;
+                g.oldest = g.oldest.max(held);
+            }
+            None => groups.push(Holders {
+                site,
+                count: 1,
+                oldest: held,
+            }),
+        }
+    });
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then(b.oldest.cmp(&a.oldest)));
+    groups
+}
+
+/// `12 by src/jobs/cleanup.rs:42:5 (oldest 1m 35s), 4 by …`
+struct HolderList<'a>(&'a [Holders]);
+
+impl fmt::Display for HolderList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none by poolwatch guards");
+        }
+        for (i, g) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} by {} (oldest {})", g.count, g.site, human(g.oldest))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a failed acquire reports.
+pub(crate) struct FailedAcquire<'a> {
+    pub(crate) site: CallSite,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) waited: Duration,
+    pub(crate) failure: AcquireFailure,
+    pub(crate) error: &'static str,
+    pub(crate) status: PoolStatus,
+    pub(crate) holders: &'a [Holders],
+}
+
+/// An acquire failed: say who holds the pool right now.
+pub(crate) fn acquire_failed(settings: &Settings, failed: &FailedAcquire<'_>) {
+    let held: usize = failed.holders.iter().map(|h| h.count).sum();
+    let what = match failed.failure {
+        AcquireFailure::Timeout => "timed out",
+        AcquireFailure::Closed => "is closed; acquire failed",
+        AcquireFailure::Backend => "could not connect",
+        AcquireFailure::NoRuntime => "has no runtime for its timeout; acquire failed",
+    };
+    let holders = HolderList(failed.holders);
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            site = %failed.site,
+            span = %SpanName(failed.span),
+            waited_ms = millis(failed.waited),
+            failure = failed.failure.as_str(),
+            error = %failed.error,
+            held,
+            max_size = failed.status.max_size,
+            waiting = failed.status.waiting,
+            holders = %holders,
+            "pool {} {} after {} at {}; {}/{} held: {}",
+            settings.pool_name,
+            what,
+            human(failed.waited),
+            failed.site,
+            held,
+            failed.status.max_size,
+            holders,
+        );
+    });
+}

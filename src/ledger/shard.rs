@@ -1,0 +1,156 @@
+//! The ledger data that must be protected by a lock: one shard's
+//! outstanding checkouts and call-site statistics. Every method is a small,
+//! plain state transition, run under the shard's mutex by [`super::Ledger`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::Location;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::stats::SiteStats;
+use super::SiteInterner;
+use crate::outcome::{AcquireFailure, Outcome};
+use crate::site::{CallSite, SpanInfo};
+
+/// A checkout that has not ended yet.
+#[derive(Clone, Debug)]
+pub(crate) struct Outstanding {
+    pub(crate) id: u64,
+    pub(crate) location: &'static Location<'static>,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) acquired_at: Instant,
+    /// Index into [`ShardState::sites`], resolved once at checkout.
+    stats_slot: u32,
+}
+
+impl Outstanding {
+    pub(crate) fn site(&self) -> CallSite {
+        CallSite::from(self.location)
+    }
+}
+
+/// A successful acquire, as the pool saw it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Checkout {
+    pub(crate) location: &'static Location<'static>,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) waited: Duration,
+    pub(crate) acquired_at: Instant,
+}
+
+/// What closing a checkout tells the event layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Closed {
+    pub(crate) id: u64,
+    pub(crate) site: CallSite,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) held: Duration,
+}
+
+/// A `Location` is `'static` and its address is a fine hash key; the real
+/// identity check is done by the interner on first sight.
+#[derive(Default)]
+pub(crate) struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Fibonacci hashing spreads aligned addresses across buckets.
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub(crate) struct ShardState {
+    pub(crate) outstanding: Slab<Outstanding>,
+    next_seq: u64,
+    slot_of_location: HashMap<usize, u32, BuildHasherDefault<AddressHasher>>,
+    pub(crate) sites: Vec<SiteStats>,
+}
+
+impl ShardState {
+    pub(crate) fn new() -> Self {
+        Self {
+            outstanding: Slab::new(),
+            next_seq: 0,
+            slot_of_location: HashMap::default(),
+            sites: Vec::new(),
+        }
+    }
+
+    /// The statistics slot of a call site, creating it on first sight.
+    fn stats_slot(&mut self, location: &'static Location<'static>, interner: &SiteInterner) -> u32 {
+        let address = location as *const Location<'static> as usize;
+        if let Some(&slot) = self.slot_of_location.get(&address) {
+            return slot;
+        }
+        let site = interner.admit(CallSite::from(location));
+        // Another address of the same site (or the overflow bucket) may
+        // already have a slot in this shard.
+        let slot = match self.sites.iter().position(|s| s.site == site) {
+            Some(slot) => slot as u32,
+            None => {
+                self.sites.push(SiteStats::new(site));
+                (self.sites.len() - 1) as u32
+            }
+        };
+        self.slot_of_location.insert(address, slot);
+        slot
+    }
+
+    /// Opens a checkout record; returns its slab key and guard id.
+    /// Guard ids interleave the shards (`seq * shards + shard + 1`), so they
+    /// are unique per pool without a shared counter, and never 0.
+    pub(crate) fn open(
+        &mut self,
+        (shard_index, shard_count): (u64, u64),
+        checkout: Checkout,
+        interner: &SiteInterner,
+    ) -> (usize, u64) {
+        let id = self.next_seq * shard_count + shard_index + 1;
+        self.next_seq += 1;
+        let stats_slot = self.stats_slot(checkout.location, interner);
+        self.sites[stats_slot as usize].record_checkout(checkout.waited);
+        let key = self.outstanding.insert(Outstanding {
+            id,
+            location: checkout.location,
+            span: checkout.span,
+            acquired_at: checkout.acquired_at,
+            stats_slot,
+        });
+        (key, id)
+    }
+
+    /// Closes a checkout record. `None` only if the key is not outstanding,
+    /// which the guard's ownership of its key rules out.
+    pub(crate) fn close(&mut self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
+        let entry = self.outstanding.try_remove(key)?;
+        let held = now.saturating_duration_since(entry.acquired_at);
+        self.sites[entry.stats_slot as usize].record_close(held, outcome);
+        Some(Closed {
+            id: entry.id,
+            site: entry.site(),
+            span: entry.span,
+            held,
+        })
+    }
+
+    pub(crate) fn record_failure(
+        &mut self,
+        location: &'static Location<'static>,
+        waited: Duration,
+        failure: AcquireFailure,
+        interner: &SiteInterner,
+    ) {
+        let slot = self.stats_slot(location, interner);
+        self.sites[slot as usize].record_failure(waited, failure);
+    }
+}

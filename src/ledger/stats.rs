@@ -1,0 +1,107 @@
+//! Per-call-site statistics kept in each shard and merged on read.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
+use crate::site::CallSite;
+use crate::snapshot::{LatencySummary, SiteSnapshot};
+
+/// Two significant figures (under 1 % error) with auto-resize: a histogram
+/// starts at a few kilobytes and grows only to the largest value seen.
+const SIGNIFICANT_FIGURES: u8 = 2;
+
+/// Latencies are recorded in microseconds. `record` grows an auto-resizing
+/// histogram (`saturating_record` would clamp to its current range); the
+/// clamp is only a fallback for values past what any histogram can hold.
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    if h.record(micros).is_err() {
+        h.saturating_record(micros);
+    }
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new(SIGNIFICANT_FIGURES).expect("2 significant figures is a valid histogram")
+}
+
+/// Statistics of one call site within one shard.
+#[derive(Clone, Debug)]
+pub(crate) struct SiteStats {
+    pub(crate) site: CallSite,
+    pub(crate) checkouts: u64,
+    pub(crate) wait: Histogram<u64>,
+    pub(crate) hold: Histogram<u64>,
+    pub(crate) hold_total: Duration,
+    pub(crate) outcomes: OutcomeCounts,
+    pub(crate) failures: FailureCounts,
+}
+
+impl SiteStats {
+    pub(crate) fn new(site: CallSite) -> Self {
+        Self {
+            site,
+            checkouts: 0,
+            wait: new_histogram(),
+            hold: new_histogram(),
+            hold_total: Duration::ZERO,
+            outcomes: OutcomeCounts::default(),
+            failures: FailureCounts::default(),
+        }
+    }
+
+    pub(crate) fn record_checkout(&mut self, waited: Duration) {
+        self.checkouts += 1;
+        record(&mut self.wait, waited);
+    }
+
+    pub(crate) fn record_failure(&mut self, waited: Duration, failure: AcquireFailure) {
+        self.failures.add(failure);
+        record(&mut self.wait, waited);
+    }
+
+    pub(crate) fn record_close(&mut self, held: Duration, outcome: Outcome) {
+        self.outcomes.add(outcome);
+        record(&mut self.hold, held);
+        self.hold_total += held;
+    }
+
+    /// Adds another shard's statistics of the same site.
+    pub(crate) fn merge(&mut self, other: &SiteStats) {
+        self.checkouts += other.checkouts;
+        // Both are auto-resizing, so adding cannot fail for lack of range.
+        let _ = self.wait.add(&other.wait);
+        let _ = self.hold.add(&other.hold);
+        self.hold_total += other.hold_total;
+        self.outcomes.merge(&other.outcomes);
+        self.failures.merge(&other.failures);
+    }
+
+    pub(crate) fn to_snapshot(&self, outstanding: u64) -> SiteSnapshot {
+        SiteSnapshot {
+            site: self.site,
+            checkouts: self.checkouts,
+            outstanding,
+            wait: summarize(&self.wait),
+            hold: summarize(&self.hold),
+            hold_total: self.hold_total,
+            outcomes: self.outcomes,
+            failures: self.failures,
+        }
+    }
+}
+
+fn summarize(h: &Histogram<u64>) -> LatencySummary {
+    if h.is_empty() {
+        return LatencySummary::default();
+    }
+    let at = |q: f64| Duration::from_micros(h.value_at_quantile(q));
+    LatencySummary {
+        count: h.len(),
+        mean: Duration::from_secs_f64(h.mean() / 1e6),
+        p50: at(0.5),
+        p99: at(0.99),
+        max: Duration::from_micros(h.max()),
+    }
+}

@@ -1,0 +1,85 @@
+//! # poolwatch
+//!
+//! Find out **why** your deadpool connections are unavailable.
+//!
+//! When a pool runs dry the symptom is always the same: callers wait, then
+//! time out. The cause is one of three, and they need different fixes:
+//!
+//! * **leak**: a connection borrowed and never returned (a forgotten guard,
+//!   a task stuck forever, a guard stored in a long-lived struct);
+//! * **long hold**: returned, but held across unrelated work or an open
+//!   transaction;
+//! * **concurrency growth**: holds are short, there is simply more demand
+//!   than connections.
+//!
+//! poolwatch wraps deadpool's checkout ([`WatchedPool`]) and records, for
+//! every checkout, the call site and tracing span that acquired it, how long
+//! the caller waited, how long the connection was held and how the hold
+//! ended ([`Outcome`]). It reports through `tracing` (target `poolwatch`):
+//!
+//! * WARN when a guard is returned after the hold threshold;
+//! * WARN when an acquire waited past the slow-acquire threshold;
+//! * WARN when an acquire fails, naming **who holds the pool right now**:
+//!   `pool main timed out after 5s at src/api.rs:88:9; 16/16 held: 12 by
+//!   src/jobs/cleanup.rs:42:17 (oldest 1m 35s), 4 by src/api/users.rs:88:9
+//!   (oldest 2s)`;
+//! * WARN when a guard is dropped while its thread panics.
+//!
+//! [`WatchedPool::snapshot`] gives the same data as plain structs.
+//!
+//! ```no_run
+//! use poolwatch::{WatchConfig, WatchedPool};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut cfg = deadpool_postgres::Config::new();
+//! cfg.url = Some("postgres://app@localhost/app".into());
+//! let pg = cfg.create_pool(Some(deadpool_postgres::Runtime::Tokio1), tokio_postgres::NoTls)?;
+//!
+//! let pool = WatchedPool::new(pg, WatchConfig::builder().pool_name("main").with_env()?.build()?);
+//! let client = pool.get().await?;
+//! let row = client.query_one("SELECT 1::int4", &[]).await?;
+//! assert_eq!(row.get::<_, i32>(0), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `postgres` | yes | [`postgres`] module: deadpool-postgres names |
+//! | `leak-report` | no | stack capture and a watchdog thread (staging) |
+//! | `metrics` | no | export through the `metrics` facade |
+//! | `serde` | no | `Serialize` for snapshots |
+//!
+//! ## Event fields
+//!
+//! `pool`, `guard` (checkout id), `site` (`file:line:column`), `span` (the
+//! tracing span current at checkout), `waited_ms`, `held_ms`,
+//! `threshold_ms`, `outcome`; acquire failures add `failure`, `error`,
+//! `held`, `max_size`, `waiting` and `holders`.
+#![deny(missing_docs)]
+
+mod config;
+mod errors;
+mod events;
+mod guard;
+mod ledger;
+mod outcome;
+mod pool;
+mod site;
+mod snapshot;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use config::{
+    WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_POOL_NAME,
+    ENV_SLOW_ACQUIRE,
+};
+pub use errors::ConfigError;
+pub use events::TARGET;
+pub use guard::Guard;
+pub use outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
+pub use pool::WatchedPool;
+pub use site::{CallSite, SpanInfo};
+pub use snapshot::{LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot};

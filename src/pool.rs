@@ -1,0 +1,273 @@
+//! [`WatchedPool`]: deadpool's pool with every checkout recorded.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{Manager, Object, Pool, PoolError, Timeouts};
+
+use crate::config::WatchConfig;
+use crate::events::{self, FailedAcquire};
+use crate::guard::Guard;
+use crate::ledger::{Checkout, Ledger};
+use crate::outcome::AcquireFailure;
+use crate::site::{CallSite, SpanInfo};
+use crate::snapshot::{PoolSnapshot, PoolStatus};
+
+/// A deadpool [`Pool`] whose checkouts are recorded: who acquired each
+/// connection, how long they waited, how long they held it and how the hold
+/// ended.
+///
+/// Cheap to clone (two `Arc`s); clones share the pool and its ledger.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use poolwatch::{WatchConfig, WatchedPool};
+///
+/// # async fn demo(pg: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = WatchConfig::builder()
+///     .pool_name("main")
+///     .hold_threshold(Duration::from_secs(2))
+///     .with_env()? // POOLWATCH_* variables, for on-call tuning without a rebuild
+///     .build()?;
+/// let pool = WatchedPool::new(pg, config);
+/// let client = pool.get().await?; // this line is the recorded call site
+/// client.execute("SELECT 1", &[]).await?;
+/// # Ok(()) }
+/// ```
+pub struct WatchedPool<M: Manager> {
+    pool: Pool<M>,
+    ledger: Arc<Ledger>,
+}
+
+impl<M: Manager> Clone for WatchedPool<M> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            ledger: Arc::clone(&self.ledger),
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for WatchedPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchedPool")
+            .field("name", &self.ledger.settings.pool_name)
+            .field("status", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Manager> WatchedPool<M> {
+    /// Wraps an existing pool. Only checkouts made through the wrapper are
+    /// recorded.
+    pub fn new(pool: Pool<M>, config: WatchConfig) -> Self {
+        Self {
+            pool,
+            ledger: Arc::new(Ledger::new(&config)),
+        }
+    }
+
+    /// Checks out a connection, like deadpool's [`Pool::get`], recording the
+    /// caller's source line as the call site.
+    ///
+    /// Written as a plain `fn` returning a future because `#[track_caller]`
+    /// does nothing on an `async fn` (rust#110011).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), deadpool_postgres::PoolError> {
+    /// let client = pool.get().await?;
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + '_ {
+        let location = Location::caller();
+        async move { self.checkout(location, self.pool.get()).await }
+    }
+
+    /// Checks out a connection with explicit timeouts, like deadpool's
+    /// [`Pool::timeout_get`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), deadpool_postgres::PoolError> {
+    /// use std::time::Duration;
+    /// let timeouts = deadpool::managed::Timeouts {
+    ///     wait: Some(Duration::from_secs(5)),
+    ///     ..Default::default()
+    /// };
+    /// let client = pool.timeout_get(&timeouts).await?;
+    /// # Ok(()) }
+    /// ```
+    #[track_caller]
+    pub fn timeout_get(
+        &self,
+        timeouts: &Timeouts,
+    ) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + '_ {
+        let location = Location::caller();
+        let timeouts = *timeouts;
+        async move {
+            let acquire = self.pool.timeout_get(&timeouts);
+            self.checkout(location, acquire).await
+        }
+    }
+
+    /// The checkout path: time the acquire, open a record, wrap the object.
+    async fn checkout(
+        &self,
+        location: &'static Location<'static>,
+        acquire: impl Future<Output = Result<Object<M>, PoolError<M::Error>>>,
+    ) -> Result<Guard<M>, PoolError<M::Error>> {
+        let span = SpanInfo::current();
+        let started = Instant::now();
+        let object = match acquire.await {
+            Ok(object) => object,
+            Err(error) => {
+                self.acquire_failed(location, span, started.elapsed(), &error);
+                return Err(error);
+            }
+        };
+        // deadpool stamps each object when it recycles or creates it inside
+        // this `get`: that is the acquire time, without another clock read.
+        let metrics = Object::metrics(&object);
+        let acquired_at = metrics.recycled.unwrap_or(metrics.created);
+        let waited = acquired_at.saturating_duration_since(started);
+        let shard = self.ledger.local_shard();
+        let (key, id) = shard.open(Checkout {
+            location,
+            span,
+            waited,
+            acquired_at,
+        });
+        if waited > self.ledger.settings.slow_acquire() {
+            let site = CallSite::from(location);
+            events::slow_acquire(&self.ledger.settings, id, site, span, waited);
+        }
+        Ok(Guard::new(object, Arc::clone(shard), key, id))
+    }
+
+    #[cold]
+    fn acquire_failed(
+        &self,
+        location: &'static Location<'static>,
+        span: Option<SpanInfo>,
+        waited: Duration,
+        error: &PoolError<M::Error>,
+    ) {
+        let failure = AcquireFailure::of(error);
+        self.ledger.record_failure(location, waited, failure);
+        let holders = events::holders(&self.ledger, Instant::now());
+        let failed = FailedAcquire {
+            site: CallSite::from(location),
+            span,
+            waited,
+            failure,
+            error: AcquireFailure::describe(error),
+            status: self.status().into(),
+            holders: &holders,
+        };
+        events::acquire_failed(&self.ledger.settings, &failed);
+    }
+
+    /// The pool's state now: deadpool's status, the guards held right now,
+    /// and per-call-site statistics.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: poolwatch::postgres::Pool) {
+    /// let snapshot = pool.snapshot();
+    /// println!("{} of {} in use", snapshot.status.in_use(), snapshot.status.max_size);
+    /// for site in &snapshot.sites {
+    ///     println!("{}: {} checkouts, p99 hold {:?}", site.site, site.checkouts, site.hold.p99);
+    /// }
+    /// # }
+    /// ```
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let now = Instant::now();
+        PoolSnapshot {
+            pool: self.ledger.settings.pool_name.clone(),
+            status: self.status().into(),
+            outstanding: self.ledger.outstanding(now),
+            sites: self.ledger.sites(),
+        }
+    }
+
+    /// Guards of this pool held right now, as the ledger counts them.
+    ///
+    /// Equals deadpool's in-use count except for connections checked out
+    /// around the wrapper or detached/untracked through it.
+    pub fn outstanding_count(&self) -> usize {
+        self.ledger.outstanding_count()
+    }
+
+    /// The pool's name in events and reports.
+    pub fn pool_name(&self) -> &str {
+        &self.ledger.settings.pool_name
+    }
+
+    /// The current hold threshold.
+    pub fn hold_threshold(&self) -> Duration {
+        self.ledger.settings.hold_threshold()
+    }
+
+    /// Changes the hold threshold at runtime; applies to holds that end
+    /// from now on.
+    pub fn set_hold_threshold(&self, threshold: Duration) {
+        self.ledger.settings.set_hold_threshold(threshold);
+    }
+
+    /// The current slow-acquire threshold.
+    pub fn slow_acquire(&self) -> Duration {
+        self.ledger.settings.slow_acquire()
+    }
+
+    /// Changes the slow-acquire threshold at runtime.
+    pub fn set_slow_acquire(&self, threshold: Duration) {
+        self.ledger.settings.set_slow_acquire(threshold);
+    }
+
+    /// deadpool's [`Pool::status`].
+    pub fn status(&self) -> deadpool::Status {
+        self.pool.status()
+    }
+
+    /// [`PoolStatus`] of the wrapped pool, as plain data.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.pool.status().into()
+    }
+
+    /// deadpool's [`Pool::close`]: waiters get [`PoolError::Closed`].
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// deadpool's [`Pool::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
+    /// deadpool's [`Pool::resize`].
+    pub fn resize(&self, max_size: usize) {
+        self.pool.resize(max_size);
+    }
+
+    /// deadpool's [`Pool::timeouts`].
+    pub fn timeouts(&self) -> Timeouts {
+        self.pool.timeouts()
+    }
+
+    /// deadpool's [`Pool::manager`].
+    pub fn manager(&self) -> &M {
+        self.pool.manager()
+    }
+
+    /// The wrapped pool. Checkouts made on it directly are not recorded.
+    pub fn inner(&self) -> &Pool<M> {
+        &self.pool
+    }
+
+    /// Unwraps the pool (for code that takes a `deadpool` pool by value).
+    pub fn into_inner(self) -> Pool<M> {
+        self.pool
+    }
+}

@@ -1,0 +1,104 @@
+//! A tracing subscriber that records poolwatch's events for assertions.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+/// One captured event: level, message and every field as text.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub level: Level,
+    pub message: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Captured {
+    pub fn field(&self, name: &str) -> &str {
+        self.fields
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("event has no field {name}: {self:?}"))
+    }
+
+    pub fn field_u64(&self, name: &str) -> u64 {
+        self.field(name)
+            .parse()
+            .unwrap_or_else(|e| panic!("field {name} is not a number ({e}): {self:?}"))
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Capture {
+    events: Arc<Mutex<Vec<Captured>>>,
+}
+
+struct Visitor<'a>(&'a mut Captured);
+
+impl Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = text;
+        } else {
+            self.0.fields.insert(field.name().to_owned(), text);
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .fields
+            .insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != poolwatch::TARGET {
+            return;
+        }
+        let mut captured = Captured {
+            level: *event.metadata().level(),
+            message: String::new(),
+            fields: BTreeMap::new(),
+        };
+        event.record(&mut Visitor(&mut captured));
+        self.events.lock().unwrap().push(captured);
+    }
+}
+
+impl Capture {
+    /// Captures this thread's events until the returned guard drops.
+    pub fn install() -> (Capture, tracing::subscriber::DefaultGuard) {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        let guard = tracing::subscriber::set_default(subscriber);
+        (capture, guard)
+    }
+
+    /// A subscriber for the whole process (for multi-threaded tests); the
+    /// caller installs it with `set_global_default` or `with_default`.
+    pub fn subscriber(&self) -> impl Subscriber + Send + Sync {
+        tracing_subscriber::registry().with(self.clone())
+    }
+
+    pub fn events(&self) -> Vec<Captured> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Events whose message contains `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<Captured> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.message.contains(needle))
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.events.lock().unwrap().clear();
+    }
+}
