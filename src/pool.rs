@@ -83,8 +83,7 @@ impl<M: Manager> WatchedPool<M> {
     /// ```
     #[track_caller]
     pub fn get(&self) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + '_ {
-        let location = Location::caller();
-        async move { self.checkout(location, self.pool.get()).await }
+        self.checkout(Location::caller(), None)
     }
 
     /// Checks out a connection with explicit timeouts, like deadpool's
@@ -105,23 +104,23 @@ impl<M: Manager> WatchedPool<M> {
         &self,
         timeouts: &Timeouts,
     ) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + '_ {
-        let location = Location::caller();
-        let timeouts = *timeouts;
-        async move {
-            let acquire = self.pool.timeout_get(&timeouts);
-            self.checkout(location, acquire).await
-        }
+        self.checkout(Location::caller(), Some(*timeouts))
     }
 
     /// The checkout path: time the acquire, open a record, wrap the object.
+    ///
+    /// deadpool's `get()` is `timeout_get(&self.timeouts())`; calling
+    /// `timeout_get` here, inside one future, avoids moving deadpool's large
+    /// future between states (that memcpy cost more than the bookkeeping).
     async fn checkout(
         &self,
         location: &'static Location<'static>,
-        acquire: impl Future<Output = Result<Object<M>, PoolError<M::Error>>>,
+        timeouts: Option<Timeouts>,
     ) -> Result<Guard<M>, PoolError<M::Error>> {
+        let timeouts = timeouts.unwrap_or_else(|| self.pool.timeouts());
         let span = SpanInfo::current();
         let started = Instant::now();
-        let object = match acquire.await {
+        let object = match self.pool.timeout_get(&timeouts).await {
             Ok(object) => object,
             Err(error) => {
                 self.acquire_failed(location, span, started.elapsed(), &error);
