@@ -43,6 +43,7 @@ struct Record {
 
 impl Record {
     /// Closes the record in the ledger. Never panics.
+    #[inline]
     fn close(&self, outcome: Outcome) -> Option<Closed> {
         self.shard.close(self.key, outcome, Instant::now())
     }
@@ -53,13 +54,14 @@ impl Record {
         if outcome == Outcome::DroppedWhilePanicking {
             events::dropped_while_panicking(settings, closed);
         }
-        if closed.held > settings.hold_threshold() {
+        if settings.exceeds_hold_threshold(closed.held) {
             events::held_past_threshold(settings, closed, outcome);
         }
     }
 }
 
 impl<M: Manager> Guard<M> {
+    #[inline]
     pub(crate) fn new(object: Object<M>, shard: Arc<Shard>, key: usize, id: u64) -> Self {
         Self {
             object: Some(object),
@@ -123,9 +125,9 @@ impl<M: Manager> Guard<M> {
 
 impl<M: Manager> Drop for Guard<M> {
     fn drop(&mut self) {
-        let Some(object) = self.object.take() else {
+        if self.object.is_none() {
             return; // already closed by take/into_inner
-        };
+        }
         let outcome = if std::thread::panicking() {
             Outcome::DroppedWhilePanicking
         } else {
@@ -133,8 +135,8 @@ impl<M: Manager> Drop for Guard<M> {
         };
         let closed = self.record.close(outcome);
         // Return the connection before reporting, so a slow subscriber does
-        // not lengthen the hold.
-        drop(object);
+        // not lengthen the hold; assigning drops it in place (no move).
+        self.object = None;
         if let Some(closed) = closed {
             self.record.report(&closed, outcome);
         }

@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) interner: SiteInterner,
 }
 
+#[inline]
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -66,6 +67,16 @@ impl Settings {
     }
     pub(crate) fn slow_acquire(&self) -> Duration {
         Duration::from_nanos(self.slow_acquire_ns.load(Ordering::Relaxed))
+    }
+    /// Compared in nanoseconds: cheaper on the hot path than building a
+    /// `Duration` from the atomic.
+    #[inline]
+    pub(crate) fn exceeds_hold_threshold(&self, held: Duration) -> bool {
+        nanos(held) > self.hold_threshold_ns.load(Ordering::Relaxed)
+    }
+    #[inline]
+    pub(crate) fn exceeds_slow_acquire(&self, waited: Duration) -> bool {
+        nanos(waited) > self.slow_acquire_ns.load(Ordering::Relaxed)
     }
     pub(crate) fn set_hold_threshold(&self, d: Duration) {
         self.hold_threshold_ns.store(nanos(d), Ordering::Relaxed);
