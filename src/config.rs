@@ -13,12 +13,15 @@ pub const ENV_HOLD_THRESHOLD: &str = "POOLWATCH_HOLD_THRESHOLD";
 pub const ENV_SLOW_ACQUIRE: &str = "POOLWATCH_SLOW_ACQUIRE";
 /// Environment variable: how many distinct call sites get their own statistics.
 pub const ENV_MAX_SITES: &str = "POOLWATCH_MAX_SITES";
+/// Environment variable: how many call sites get a metrics label (`0` = none).
+pub const ENV_METRICS_SITE_LABELS: &str = "POOLWATCH_METRICS_SITE_LABELS";
 
 const KNOWN_VARIABLES: &[&str] = &[
     ENV_POOL_NAME,
     ENV_HOLD_THRESHOLD,
     ENV_SLOW_ACQUIRE,
     ENV_MAX_SITES,
+    ENV_METRICS_SITE_LABELS,
 ];
 
 /// What poolwatch watches for, per pool.
@@ -32,6 +35,7 @@ const KNOWN_VARIABLES: &[&str] = &[
 /// | [`hold_threshold`](Self::hold_threshold) | 5 s | `POOLWATCH_HOLD_THRESHOLD` |
 /// | [`slow_acquire`](Self::slow_acquire) | 1 s | `POOLWATCH_SLOW_ACQUIRE` |
 /// | [`max_sites`](Self::max_sites) | 256 | `POOLWATCH_MAX_SITES` |
+/// | [`metrics_site_labels`](Self::metrics_site_labels) | 0 | `POOLWATCH_METRICS_SITE_LABELS` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -58,6 +62,9 @@ pub struct WatchConfig {
     /// Distinct call sites with statistics of their own; later sites share
     /// the [`CallSite::OVERFLOW`](crate::CallSite::OVERFLOW) bucket, so memory stays bounded.
     pub max_sites: usize,
+    /// With the `metrics` feature: how many call sites get per-site
+    /// histograms with a `code.site` label (0, the default, for none).
+    pub metrics_site_labels: usize,
 }
 
 impl Default for WatchConfig {
@@ -67,6 +74,7 @@ impl Default for WatchConfig {
             hold_threshold: Duration::from_secs(5),
             slow_acquire: Duration::from_secs(1),
             max_sites: 256,
+            metrics_site_labels: 0,
         }
     }
 }
@@ -141,6 +149,12 @@ impl WatchConfigBuilder {
         self
     }
 
+    /// How many call sites get per-site metrics (`metrics` feature).
+    pub fn metrics_site_labels(mut self, sites: usize) -> Self {
+        self.config.metrics_site_labels = sites;
+        self
+    }
+
     /// Applies the `POOLWATCH_*` variables of the process environment.
     /// Settings made after this call override them.
     pub fn with_env(self) -> Result<Self, ConfigError> {
@@ -175,6 +189,9 @@ impl WatchConfigBuilder {
                 ENV_HOLD_THRESHOLD => self.config.hold_threshold = parse_duration(name, value)?,
                 ENV_SLOW_ACQUIRE => self.config.slow_acquire = parse_duration(name, value)?,
                 ENV_MAX_SITES => self.config.max_sites = parse_count(name, value)?,
+                ENV_METRICS_SITE_LABELS => {
+                    self.config.metrics_site_labels = parse_count_or_zero(name, value)?
+                }
                 _ if name.starts_with("POOLWATCH_") => {
                     return Err(ConfigError::UnknownVariable {
                         variable: name.to_owned(),
@@ -258,6 +275,16 @@ fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
             format!("{e}; expected a whole number such as 256"),
         )),
     }
+}
+
+fn parse_count_or_zero(variable: &str, value: &str) -> Result<usize, ConfigError> {
+    value.trim().parse::<usize>().map_err(|e| {
+        invalid_variable(
+            variable,
+            value,
+            format!("{e}; expected a whole number such as 0 or 20"),
+        )
+    })
 }
 
 fn parse_name(variable: &str, value: &str) -> Result<String, ConfigError> {

@@ -51,6 +51,7 @@ fn guarded(emit: impl FnOnce()) {
 /// A guard was returned after holding its connection past the threshold.
 pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome: Outcome) {
     let threshold = settings.hold_threshold();
+    let status = settings.pool_status().unwrap_or_default();
     guarded(|| {
         tracing::warn!(
             target: TARGET,
@@ -61,6 +62,9 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
             held_ms = millis(closed.held),
             threshold_ms = millis(threshold),
             outcome = outcome.as_str(),
+            in_use = status.in_use(),
+            max_size = status.max_size,
+            waiting = status.waiting,
             "connection held for {} (threshold {}) by {}",
             human(closed.held),
             human(threshold),

@@ -54,7 +54,17 @@ impl Record {
         if outcome == Outcome::DroppedWhilePanicking {
             events::dropped_while_panicking(settings, closed);
         }
-        if settings.exceeds_hold_threshold(closed.held) {
+        let past_threshold = settings.exceeds_hold_threshold(closed.held);
+        #[cfg(feature = "metrics")]
+        {
+            settings
+                .metrics
+                .on_close(closed.held, outcome, past_threshold);
+            if let Some(status) = settings.pool_status() {
+                settings.metrics.set_status(status);
+            }
+        }
+        if past_threshold {
             events::held_past_threshold(settings, closed, outcome);
         }
     }

@@ -48,7 +48,7 @@
 //! |---|---|---|
 //! | `postgres` | yes | [`postgres`] module: deadpool-postgres names |
 //! | `leak-report` | no | stack capture and a watchdog thread (staging) |
-//! | `metrics` | no | export through the `metrics` facade |
+//! | `metrics` | no | `poolwatch::export`: OpenTelemetry-named metrics through the `metrics` facade |
 //! | `serde` | no | `Serialize` for snapshots |
 //!
 //! ## Event fields
@@ -72,9 +72,12 @@ mod snapshot;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+#[cfg(feature = "metrics")]
+pub mod export;
+
 pub use config::{
-    WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_POOL_NAME,
-    ENV_SLOW_ACQUIRE,
+    WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_METRICS_SITE_LABELS,
+    ENV_POOL_NAME, ENV_SLOW_ACQUIRE,
 };
 pub use errors::ConfigError;
 pub use events::TARGET;

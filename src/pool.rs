@@ -64,10 +64,17 @@ impl<M: Manager> fmt::Debug for WatchedPool<M> {
 impl<M: Manager> WatchedPool<M> {
     /// Wraps an existing pool. Only checkouts made through the wrapper are
     /// recorded.
-    pub fn new(pool: Pool<M>, config: WatchConfig) -> Self {
+    pub fn new(pool: Pool<M>, config: WatchConfig) -> Self
+    where
+        M: 'static,
+    {
+        // The ledger reads the status through a weak handle, so it never
+        // keeps the pool alive.
+        let weak = pool.weak();
+        let status = Box::new(move || weak.upgrade().map(|p| PoolStatus::from(p.status())));
         Self {
             pool,
-            ledger: Arc::new(Ledger::new(&config)),
+            ledger: Arc::new(Ledger::new(&config, status)),
         }
     }
 
@@ -155,6 +162,12 @@ impl<M: Manager> WatchedPool<M> {
             waited,
             acquired_at,
         });
+        #[cfg(feature = "metrics")]
+        {
+            let metrics = &self.ledger.settings.metrics;
+            metrics.on_checkout(waited);
+            metrics.set_status(self.pool.status().into());
+        }
         if self.ledger.settings.exceeds_slow_acquire(waited) {
             let site = CallSite::from(location);
             events::slow_acquire(&self.ledger.settings, id, site, span, waited);
@@ -172,6 +185,12 @@ impl<M: Manager> WatchedPool<M> {
     ) {
         let failure = AcquireFailure::of(error);
         self.ledger.record_failure(location, waited, failure);
+        #[cfg(feature = "metrics")]
+        {
+            let metrics = &self.ledger.settings.metrics;
+            metrics.on_failure(failure, waited);
+            metrics.set_status(self.pool.status().into());
+        }
         let holders = events::holders(&self.ledger, Instant::now());
         let failed = FailedAcquire {
             site: CallSite::from(location),
@@ -205,6 +224,25 @@ impl<M: Manager> WatchedPool<M> {
             outstanding: self.ledger.outstanding(now),
             sites: self.ledger.sites(),
         }
+    }
+
+    /// Refreshes the pool's gauges (`db.client.connection.count`, `.max`,
+    /// `.pending_requests`) from deadpool's status. Gauges also refresh at
+    /// every checkout and return; call this before rendering a scrape so
+    /// waiters that have not been served yet are counted.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool, prometheus: metrics_exporter_prometheus::PrometheusHandle) {
+    /// pool.record_metrics();
+    /// let body = prometheus.render();
+    /// # }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        self.ledger
+            .settings
+            .metrics
+            .set_status(self.pool.status().into());
     }
 
     /// Guards of this pool held right now, as the ledger counts them.

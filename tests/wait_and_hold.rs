@@ -104,6 +104,9 @@ async fn held_past_threshold_warns_at_return() {
         .field("site")
         .contains(&format!("{}:{line}:", file!())));
     assert_eq!(warning.field("outcome"), "returned");
+    // The pool's state at return: the guard was already given back.
+    assert_eq!(warning.field_u64("in_use"), 0);
+    assert_eq!(warning.field_u64("max_size"), 2);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 mod shard;
 mod stats;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use crate::config::WatchConfig;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::CallSite;
-use crate::snapshot::{OutstandingGuard, SiteSnapshot};
+use crate::snapshot::{OutstandingGuard, PoolStatus, SiteSnapshot};
 
 use shard::ShardState;
 pub(crate) use shard::{Checkout, Closed, Outstanding};
@@ -31,16 +31,30 @@ use stats::SiteStats;
 /// Decides which call sites get statistics of their own (bounded memory).
 pub(crate) struct SiteInterner {
     max_sites: usize,
-    known: Mutex<HashSet<CallSite>>,
+    /// Each admitted site with its rank (order of first sight).
+    known: Mutex<HashMap<CallSite, usize>>,
 }
 
 impl SiteInterner {
-    /// The site itself while under the cap (or already known), else the
-    /// overflow bucket. Runs once per site and shard, never on the hot path.
-    pub(crate) fn admit(&self, site: CallSite) -> CallSite {
+    /// The site itself and its rank while under the cap (or already known),
+    /// else the overflow bucket. Runs once per site and shard, never on the
+    /// hot path.
+    pub(crate) fn admit(&self, site: CallSite) -> (CallSite, usize) {
         let mut known = self.known.lock();
-        if known.contains(&site) || known.len() < self.max_sites {
-            known.insert(site);
+        let next_rank = known.len();
+        match known.get(&site) {
+            Some(&rank) => (site, rank),
+            None if next_rank < self.max_sites => {
+                known.insert(site, next_rank);
+                (site, next_rank)
+            }
+            None => (CallSite::OVERFLOW, self.max_sites),
+        }
+    }
+
+    /// The statistics bucket a site's records went to.
+    pub(crate) fn bucket_of(&self, site: CallSite) -> CallSite {
+        if self.known.lock().contains_key(&site) {
             site
         } else {
             CallSite::OVERFLOW
@@ -48,12 +62,18 @@ impl SiteInterner {
     }
 }
 
+/// Reads the wrapped pool's status without knowing its manager type.
+pub(crate) type StatusSource = Box<dyn Fn() -> Option<PoolStatus> + Send + Sync>;
+
 /// What every shard needs to read: the pool's name and thresholds.
 pub(crate) struct Settings {
     pub(crate) pool_name: String,
     hold_threshold_ns: AtomicU64,
     slow_acquire_ns: AtomicU64,
     pub(crate) interner: SiteInterner,
+    status: StatusSource,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::export::PoolMetrics,
 }
 
 #[inline]
@@ -78,6 +98,11 @@ impl Settings {
     pub(crate) fn exceeds_slow_acquire(&self, waited: Duration) -> bool {
         nanos(waited) > self.slow_acquire_ns.load(Ordering::Relaxed)
     }
+    /// The wrapped pool's status, if the pool still exists.
+    pub(crate) fn pool_status(&self) -> Option<PoolStatus> {
+        (self.status)()
+    }
+
     pub(crate) fn set_hold_threshold(&self, d: Duration) {
         self.hold_threshold_ns.store(nanos(d), Ordering::Relaxed);
     }
@@ -97,10 +122,9 @@ pub(crate) struct Shard {
 
 impl Shard {
     pub(crate) fn open(&self, checkout: Checkout) -> (usize, u64) {
-        let interner = &self.settings.interner;
         self.state
             .lock()
-            .open((self.index, self.count), checkout, interner)
+            .open((self.index, self.count), checkout, &self.settings)
     }
 
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
@@ -121,15 +145,18 @@ thread_local! {
 }
 
 impl Ledger {
-    pub(crate) fn new(config: &WatchConfig) -> Self {
+    pub(crate) fn new(config: &WatchConfig, status: StatusSource) -> Self {
         let settings = Arc::new(Settings {
             pool_name: config.pool_name.clone(),
             hold_threshold_ns: AtomicU64::new(nanos(config.hold_threshold)),
             slow_acquire_ns: AtomicU64::new(nanos(config.slow_acquire)),
             interner: SiteInterner {
                 max_sites: config.max_sites,
-                known: Mutex::new(HashSet::new()),
+                known: Mutex::new(HashMap::new()),
             },
+            status,
+            #[cfg(feature = "metrics")]
+            metrics: crate::export::PoolMetrics::new(&config.pool_name, config.metrics_site_labels),
         });
         // One shard per core (a power of two, at most 16) keeps threads
         // apart without multiplying the per-site histograms needlessly.
@@ -164,7 +191,7 @@ impl Ledger {
         shard
             .state
             .lock()
-            .record_failure(location, waited, failure, &self.settings.interner);
+            .record_failure(location, waited, failure, &self.settings);
     }
 
     /// Calls `f` on every outstanding checkout, one shard lock at a time.
@@ -232,16 +259,5 @@ impl Ledger {
             .collect();
         sites.sort_by(|a, b| b.hold_total.cmp(&a.hold_total).then(a.site.cmp(&b.site)));
         sites
-    }
-}
-
-impl SiteInterner {
-    /// The statistics bucket a site's records went to.
-    pub(crate) fn bucket_of(&self, site: CallSite) -> CallSite {
-        if self.known.lock().contains(&site) {
-            site
-        } else {
-            CallSite::OVERFLOW
-        }
     }
 }

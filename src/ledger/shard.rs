@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::stats::SiteStats;
-use super::SiteInterner;
+use super::Settings;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::{CallSite, SpanInfo};
 
@@ -87,18 +87,25 @@ impl ShardState {
     }
 
     /// The statistics slot of a call site, creating it on first sight.
-    fn stats_slot(&mut self, location: &'static Location<'static>, interner: &SiteInterner) -> u32 {
+    fn stats_slot(&mut self, location: &'static Location<'static>, settings: &Settings) -> u32 {
         let address = location as *const Location<'static> as usize;
         if let Some(&slot) = self.slot_of_location.get(&address) {
             return slot;
         }
-        let site = interner.admit(CallSite::from(location));
+        let (site, rank) = settings.interner.admit(CallSite::from(location));
         // Another address of the same site (or the overflow bucket) may
         // already have a slot in this shard.
         let slot = match self.sites.iter().position(|s| s.site == site) {
             Some(slot) => slot as u32,
             None => {
-                self.sites.push(SiteStats::new(site));
+                #[cfg(feature = "metrics")]
+                let stats = SiteStats::new(site, settings.metrics.site_handles(site, rank));
+                #[cfg(not(feature = "metrics"))]
+                let stats = {
+                    let _ = rank;
+                    SiteStats::new(site)
+                };
+                self.sites.push(stats);
                 (self.sites.len() - 1) as u32
             }
         };
@@ -113,11 +120,11 @@ impl ShardState {
         &mut self,
         (shard_index, shard_count): (u64, u64),
         checkout: Checkout,
-        interner: &SiteInterner,
+        settings: &Settings,
     ) -> (usize, u64) {
         let id = self.next_seq * shard_count + shard_index + 1;
         self.next_seq += 1;
-        let stats_slot = self.stats_slot(checkout.location, interner);
+        let stats_slot = self.stats_slot(checkout.location, settings);
         self.sites[stats_slot as usize].record_checkout(checkout.waited);
         let key = self.outstanding.insert(Outstanding {
             id,
@@ -148,9 +155,9 @@ impl ShardState {
         location: &'static Location<'static>,
         waited: Duration,
         failure: AcquireFailure,
-        interner: &SiteInterner,
+        settings: &Settings,
     ) {
-        let slot = self.stats_slot(location, interner);
+        let slot = self.stats_slot(location, settings);
         self.sites[slot as usize].record_failure(waited, failure);
     }
 }

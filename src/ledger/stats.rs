@@ -40,10 +40,16 @@ pub(crate) struct SiteStats {
     pub(crate) hold_total: Duration,
     pub(crate) outcomes: OutcomeCounts,
     pub(crate) failures: FailureCounts,
+    /// Opt-in per-site metric handles.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::export::SiteMetrics>,
 }
 
 impl SiteStats {
-    pub(crate) fn new(site: CallSite) -> Self {
+    pub(crate) fn new(
+        site: CallSite,
+        #[cfg(feature = "metrics")] metrics: Option<crate::export::SiteMetrics>,
+    ) -> Self {
         Self {
             site,
             checkouts: 0,
@@ -53,11 +59,17 @@ impl SiteStats {
             hold_total: Duration::ZERO,
             outcomes: OutcomeCounts::default(),
             failures: FailureCounts::default(),
+            #[cfg(feature = "metrics")]
+            metrics,
         }
     }
 
     pub(crate) fn record_checkout(&mut self, waited: Duration) {
         self.checkouts += 1;
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.wait_time.record(waited.as_secs_f64());
+        }
         if waited.is_zero() {
             self.zero_waits += 1;
         } else {
@@ -66,11 +78,19 @@ impl SiteStats {
     }
 
     pub(crate) fn record_failure(&mut self, waited: Duration, failure: AcquireFailure) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.wait_time.record(waited.as_secs_f64());
+        }
         self.failures.add(failure);
         record(&mut self.wait, waited);
     }
 
     pub(crate) fn record_close(&mut self, held: Duration, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.use_time.record(held.as_secs_f64());
+        }
         self.outcomes.add(outcome);
         record(&mut self.hold, held);
         self.hold_total += held;

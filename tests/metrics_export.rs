@@ -1,0 +1,277 @@
+//! Metrics through the `metrics` facade: OpenTelemetry names, units and
+//! labels, with correct values for a known sequence of checkouts.
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use deadpool::managed::Timeouts;
+use metrics::Unit;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::MetricKind;
+use poolwatch::export;
+use poolwatch::{WatchConfig, WatchedPool};
+use support::pg;
+
+/// Taking a snapshot drains the debugging recorder's histograms and
+/// counters for every pool, so the tests that read it take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Per-site handles are registered when a site is first seen, so the
+/// recorder must be global for this binary; tests use distinct pool names.
+fn snapshotter() -> &'static Snapshotter {
+    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
+    SNAPSHOTTER.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other recorder in this binary");
+        snapshotter
+    })
+}
+
+#[derive(Debug)]
+struct Metric {
+    kind: MetricKind,
+    unit: Option<Unit>,
+    labels: BTreeMap<String, String>,
+    value: DebugValue,
+}
+
+/// Every metric of one pool, keyed by name (plus the distinguishing label).
+fn metrics_of(pool_name: &str) -> Vec<(String, Metric)> {
+    snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, unit, _, value)| {
+            let labels: BTreeMap<String, String> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            if labels.get(export::POOL_NAME).map(String::as_str) != Some(pool_name) {
+                return None;
+            }
+            let name = key.key().name().to_owned();
+            Some((
+                name,
+                Metric {
+                    kind: key.kind(),
+                    unit,
+                    labels,
+                    value,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn find<'a>(
+    metrics: &'a [(String, Metric)],
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> &'a Metric {
+    metrics
+        .iter()
+        .find(|(n, m)| {
+            n == name
+                && label.map_or(true, |(k, v)| {
+                    m.labels.get(k).map(String::as_str) == Some(v)
+                })
+        })
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| panic!("no metric {name} {label:?} in {metrics:#?}"))
+}
+
+fn samples(metric: &Metric) -> Vec<f64> {
+    match &metric.value {
+        DebugValue::Histogram(values) => values.iter().map(|v| v.into_inner()).collect(),
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+fn counter(metric: &Metric) -> u64 {
+    match metric.value {
+        DebugValue::Counter(n) => n,
+        ref other => panic!("not a counter: {other:?}"),
+    }
+}
+
+fn gauge(metric: &Metric) -> f64 {
+    match &metric.value {
+        DebugValue::Gauge(v) => v.into_inner(),
+        other => panic!("not a gauge: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn known_sequence_gives_known_metrics() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-seq")
+        .hold_threshold(Duration::from_millis(40))
+        .build()
+        .unwrap();
+    let pool = WatchedPool::new(pg::pool(1), config);
+
+    // 1: held 60 ms (past the 40 ms threshold); 2: returned at once.
+    let first = pool.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    drop(first);
+    drop(pool.get().await.unwrap());
+    // 3: held while another acquire times out after 100 ms.
+    let third = pool.get().await.unwrap();
+    let timeouts = Timeouts {
+        wait: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    assert!(pool.timeout_get(&timeouts).await.is_err());
+    drop(third);
+    pool.record_metrics();
+
+    let m = metrics_of("metrics-seq");
+    let wait = find(&m, export::WAIT_TIME, None);
+    assert_eq!(wait.kind, MetricKind::Histogram);
+    assert_eq!(wait.unit, Some(Unit::Seconds));
+    let waits = samples(wait);
+    assert_eq!(
+        waits.len(),
+        4,
+        "3 checkouts and 1 failed acquire: {waits:?}"
+    );
+    assert!(waits.iter().any(|w| *w >= 0.1), "{waits:?}");
+
+    let use_time = find(&m, export::USE_TIME, None);
+    assert_eq!(use_time.unit, Some(Unit::Seconds));
+    let holds = samples(use_time);
+    assert_eq!(holds.len(), 3, "{holds:?}");
+    assert!(holds.iter().any(|h| *h >= 0.06), "{holds:?}");
+
+    assert_eq!(counter(find(&m, export::TIMEOUTS, None)), 1);
+    assert_eq!(
+        counter(find(
+            &m,
+            export::ACQUIRE_FAILURES,
+            Some(("poolwatch.failure", "timeout"))
+        )),
+        1
+    );
+    assert_eq!(
+        counter(find(
+            &m,
+            export::ACQUIRE_FAILURES,
+            Some(("poolwatch.failure", "closed"))
+        )),
+        0
+    );
+    assert_eq!(
+        counter(find(
+            &m,
+            export::HOLD_ENDINGS,
+            Some(("poolwatch.outcome", "returned"))
+        )),
+        3
+    );
+    // The first (60 ms) and the third (held through the 100 ms timeout).
+    assert_eq!(counter(find(&m, export::HOLDS_PAST_THRESHOLD, None)), 2);
+
+    let idle = find(
+        &m,
+        export::CONNECTION_COUNT,
+        Some((export::CONNECTION_STATE, "idle")),
+    );
+    let used = find(
+        &m,
+        export::CONNECTION_COUNT,
+        Some((export::CONNECTION_STATE, "used")),
+    );
+    assert_eq!(idle.kind, MetricKind::Gauge);
+    assert_eq!((gauge(idle), gauge(used)), (1.0, 0.0));
+    assert_eq!(gauge(find(&m, export::CONNECTION_MAX, None)), 1.0);
+    assert_eq!(gauge(find(&m, export::PENDING_REQUESTS, None)), 0.0);
+
+    // No per-site label unless asked for.
+    assert!(m
+        .iter()
+        .all(|(_, metric)| !metric.labels.contains_key(export::SITE)));
+    assert!(m.iter().all(|(n, _)| n != export::SITE_USE_TIME));
+}
+
+#[tokio::test]
+async fn used_gauge_counts_held_connections() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-used")
+        .build()
+        .unwrap();
+    let pool = WatchedPool::new(pg::pool(3), config);
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    let m = metrics_of("metrics-used");
+    let used = find(
+        &m,
+        export::CONNECTION_COUNT,
+        Some((export::CONNECTION_STATE, "used")),
+    );
+    assert_eq!(gauge(used), 2.0);
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn per_site_labels_are_opt_in_and_capped() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-sites")
+        .metrics_site_labels(1)
+        .build()
+        .unwrap();
+    let pool = WatchedPool::new(pg::pool(2), config);
+    let (first, line) = (pool.get().await.unwrap(), line!());
+    drop(first);
+    drop(pool.get().await.unwrap()); // a second site, past the cap of 1
+    let m = metrics_of("metrics-sites");
+    let per_site: Vec<_> = m
+        .iter()
+        .filter(|(n, _)| n == export::SITE_USE_TIME)
+        .collect();
+    assert_eq!(per_site.len(), 1, "{per_site:#?}");
+    let site = &per_site[0].1.labels[export::SITE];
+    assert!(site.starts_with(&format!("{}:{line}:", file!())), "{site}");
+    assert_eq!(samples(&per_site[0].1).len(), 1);
+    // The pool-wide series still counts both.
+    assert_eq!(samples(find(&m, export::USE_TIME, None)).len(), 2);
+}
+
+#[tokio::test]
+async fn prometheus_render_contains_the_names() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let config = WatchConfig::builder().pool_name("prom").build().unwrap();
+    let pool = metrics::with_local_recorder(&recorder, || WatchedPool::new(pg::pool(2), config));
+    drop(pool.get().await.unwrap());
+    pool.record_metrics();
+    let text = handle.render();
+    for name in [
+        "db_client_connection_count",
+        "db_client_connection_max",
+        "db_client_connection_pending_requests",
+        "db_client_connection_wait_time",
+        "db_client_connection_use_time",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    assert!(
+        text.contains("db_client_connection_pool_name=\"prom\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("db_client_connection_state=\"idle\""),
+        "{text}"
+    );
+}
