@@ -13,6 +13,10 @@ pub const ENV_HOLD_THRESHOLD: &str = "POOLWATCH_HOLD_THRESHOLD";
 pub const ENV_SLOW_ACQUIRE: &str = "POOLWATCH_SLOW_ACQUIRE";
 /// Environment variable: how many distinct call sites get their own statistics.
 pub const ENV_MAX_SITES: &str = "POOLWATCH_MAX_SITES";
+/// Environment variable: the pressure timeline's tick (humantime), or `off`.
+pub const ENV_TIMELINE_TICK: &str = "POOLWATCH_TIMELINE_TICK";
+/// Environment variable: how much pressure timeline to keep (humantime).
+pub const ENV_TIMELINE_WINDOW: &str = "POOLWATCH_TIMELINE_WINDOW";
 /// Environment variable: how many call sites get a metrics label (`0` = none).
 pub const ENV_METRICS_SITE_LABELS: &str = "POOLWATCH_METRICS_SITE_LABELS";
 
@@ -22,6 +26,8 @@ const KNOWN_VARIABLES: &[&str] = &[
     ENV_SLOW_ACQUIRE,
     ENV_MAX_SITES,
     ENV_METRICS_SITE_LABELS,
+    ENV_TIMELINE_TICK,
+    ENV_TIMELINE_WINDOW,
 ];
 
 /// What poolwatch watches for, per pool.
@@ -36,6 +42,8 @@ const KNOWN_VARIABLES: &[&str] = &[
 /// | [`slow_acquire`](Self::slow_acquire) | 1 s | `POOLWATCH_SLOW_ACQUIRE` |
 /// | [`max_sites`](Self::max_sites) | 256 | `POOLWATCH_MAX_SITES` |
 /// | [`metrics_site_labels`](Self::metrics_site_labels) | 0 | `POOLWATCH_METRICS_SITE_LABELS` |
+/// | [`timeline_tick`](Self::timeline_tick) | 1 s | `POOLWATCH_TIMELINE_TICK` (`off` disables) |
+/// | [`timeline_window`](Self::timeline_window) | 15 min | `POOLWATCH_TIMELINE_WINDOW` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -65,6 +73,12 @@ pub struct WatchConfig {
     /// With the `metrics` feature: how many call sites get per-site
     /// histograms with a `code.site` label (0, the default, for none).
     pub metrics_site_labels: usize,
+    /// How often the pressure timeline samples the pool (`None`: never, and
+    /// no sampling thread runs for this pool).
+    pub timeline_tick: Option<Duration>,
+    /// How much pressure timeline is kept (a ring buffer of
+    /// `window / tick` samples).
+    pub timeline_window: Duration,
 }
 
 impl Default for WatchConfig {
@@ -75,6 +89,8 @@ impl Default for WatchConfig {
             slow_acquire: Duration::from_secs(1),
             max_sites: 256,
             metrics_site_labels: 0,
+            timeline_tick: Some(Duration::from_secs(1)),
+            timeline_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -155,6 +171,18 @@ impl WatchConfigBuilder {
         self
     }
 
+    /// The pressure timeline's tick; `None` turns the timeline off.
+    pub fn timeline_tick(mut self, tick: Option<Duration>) -> Self {
+        self.config.timeline_tick = tick;
+        self
+    }
+
+    /// How much pressure timeline to keep.
+    pub fn timeline_window(mut self, window: Duration) -> Self {
+        self.config.timeline_window = window;
+        self
+    }
+
     /// Applies the `POOLWATCH_*` variables of the process environment.
     /// Settings made after this call override them.
     pub fn with_env(self) -> Result<Self, ConfigError> {
@@ -189,6 +217,13 @@ impl WatchConfigBuilder {
                 ENV_HOLD_THRESHOLD => self.config.hold_threshold = parse_duration(name, value)?,
                 ENV_SLOW_ACQUIRE => self.config.slow_acquire = parse_duration(name, value)?,
                 ENV_MAX_SITES => self.config.max_sites = parse_count(name, value)?,
+                ENV_TIMELINE_TICK => {
+                    self.config.timeline_tick = match value.trim() {
+                        "off" | "none" => None,
+                        _ => Some(parse_duration(name, value)?),
+                    }
+                }
+                ENV_TIMELINE_WINDOW => self.config.timeline_window = parse_duration(name, value)?,
                 ENV_METRICS_SITE_LABELS => {
                     self.config.metrics_site_labels = parse_count_or_zero(name, value)?
                 }
@@ -223,6 +258,20 @@ impl WatchConfigBuilder {
         }
         if c.max_sites == 0 {
             return Err(invalid_setting("max_sites", "0", "must be at least 1"));
+        }
+        if c.timeline_tick.is_some_and(|t| t.is_zero()) {
+            return Err(invalid_setting(
+                "timeline_tick",
+                "0s",
+                "must be greater than zero, or None",
+            ));
+        }
+        if c.timeline_tick.is_some_and(|t| t > c.timeline_window) {
+            return Err(invalid_setting(
+                "timeline_window",
+                &humantime::format_duration(c.timeline_window).to_string(),
+                "must be at least one timeline tick",
+            ));
         }
         if c.pool_name.trim().is_empty() {
             return Err(invalid_setting("pool_name", "\"\"", "must not be empty"));

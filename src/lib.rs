@@ -66,8 +66,10 @@ mod guard;
 mod ledger;
 mod outcome;
 mod pool;
+pub mod report;
 mod site;
 mod snapshot;
+mod timeline;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -77,12 +79,16 @@ pub mod export;
 
 pub use config::{
     WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_METRICS_SITE_LABELS,
-    ENV_POOL_NAME, ENV_SLOW_ACQUIRE,
+    ENV_POOL_NAME, ENV_SLOW_ACQUIRE, ENV_TIMELINE_TICK, ENV_TIMELINE_WINDOW,
 };
 pub use errors::ConfigError;
 pub use events::TARGET;
 pub use guard::Guard;
 pub use outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
 pub use pool::WatchedPool;
+pub use report::{Report, Verdict, VerdictKind};
 pub use site::{CallSite, SpanInfo};
-pub use snapshot::{LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot};
+pub use snapshot::{
+    LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot, SpanSnapshot,
+};
+pub use timeline::PressureSample;

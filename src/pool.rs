@@ -14,6 +14,7 @@ use crate::events::{self, FailedAcquire};
 use crate::guard::Guard;
 use crate::ledger::{Checkout, Ledger};
 use crate::outcome::AcquireFailure;
+use crate::report::Report;
 use crate::site::{CallSite, SpanInfo};
 use crate::snapshot::{PoolSnapshot, PoolStatus};
 
@@ -184,7 +185,7 @@ impl<M: Manager> WatchedPool<M> {
         error: &PoolError<M::Error>,
     ) {
         let failure = AcquireFailure::of(error);
-        self.ledger.record_failure(location, waited, failure);
+        self.ledger.record_failure(location, span, waited, failure);
         #[cfg(feature = "metrics")]
         {
             let metrics = &self.ledger.settings.metrics;
@@ -223,6 +224,7 @@ impl<M: Manager> WatchedPool<M> {
             status: self.status().into(),
             outstanding: self.ledger.outstanding(now),
             sites: self.ledger.sites(),
+            spans: self.ledger.spans(),
         }
     }
 
@@ -243,6 +245,30 @@ impl<M: Manager> WatchedPool<M> {
             .settings
             .metrics
             .set_status(self.pool.status().into());
+    }
+
+    /// The diagnosis: pressure timeline, call sites and spans ranked by
+    /// connection time, flagged guards, and a verdict with its evidence
+    /// (leak, long hold, concurrency growth, healthy). See [`crate::report`]
+    /// for the rules.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: poolwatch::postgres::Pool) {
+    /// let report = pool.report();
+    /// println!("{report}");
+    /// if report.kinds().contains(&poolwatch::VerdictKind::Leak) {
+    ///     eprintln!("leak suspected: {:?}", report.verdicts[0].evidence);
+    /// }
+    /// # }
+    /// ```
+    pub fn report(&self) -> Report {
+        let timeline = self
+            .ledger
+            .timeline
+            .as_ref()
+            .map(|t| t.samples())
+            .unwrap_or_default();
+        Report::build(&self.snapshot(), timeline, self.hold_threshold())
     }
 
     /// Guards of this pool held right now, as the ledger counts them.

@@ -28,6 +28,9 @@ pub struct PoolSnapshot {
     pub outstanding: Vec<OutstandingGuard>,
     /// Statistics per call site, most connection time held first.
     pub sites: Vec<SiteSnapshot>,
+    /// Statistics per tracing span name (request handler, job), most
+    /// connection time held first.
+    pub spans: Vec<SpanSnapshot>,
 }
 
 /// deadpool's [`Status`](deadpool::Status), as plain data.
@@ -39,7 +42,7 @@ pub struct PoolSnapshot {
 /// assert_eq!(status.in_use(), 16);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct PoolStatus {
     /// The pool's maximum size.
@@ -106,6 +109,28 @@ pub struct SiteSnapshot {
     pub outcomes: OutcomeCounts,
     /// Failed acquires, by kind.
     pub failures: FailureCounts,
+}
+
+/// Statistics of the checkouts made inside one tracing span name (over all
+/// call sites): what a request handler or a background job costs the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct SpanSnapshot {
+    /// The span's name; `None` for checkouts made outside any span.
+    pub span: Option<&'static str>,
+    /// Successful acquires.
+    pub checkouts: u64,
+    /// Of those, held right now.
+    pub outstanding: u64,
+    /// Wait times of all acquires.
+    pub wait: LatencySummary,
+    /// Hold times of ended holds.
+    pub hold: LatencySummary,
+    /// Connection time held by ended holds, added up.
+    pub hold_total: Duration,
+    /// How the ended holds ended.
+    pub outcomes: OutcomeCounts,
 }
 
 /// A latency distribution, from an HDR histogram (under 1 % error).

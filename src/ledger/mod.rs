@@ -21,8 +21,9 @@ use parking_lot::Mutex;
 
 use crate::config::WatchConfig;
 use crate::outcome::{AcquireFailure, Outcome};
-use crate::site::CallSite;
-use crate::snapshot::{OutstandingGuard, PoolStatus, SiteSnapshot};
+use crate::site::{CallSite, SpanInfo};
+use crate::snapshot::{OutstandingGuard, PoolStatus, SiteSnapshot, SpanSnapshot};
+use crate::timeline::Timeline;
 
 use shard::ShardState;
 pub(crate) use shard::{Checkout, Closed, Outstanding};
@@ -135,6 +136,8 @@ impl Shard {
 pub(crate) struct Ledger {
     pub(crate) settings: Arc<Settings>,
     shards: Box<[Arc<Shard>]>,
+    /// The pressure timeline, when configured.
+    pub(crate) timeline: Option<Timeline>,
 }
 
 /// Threads are spread over shards round-robin, in order of first checkout.
@@ -172,7 +175,42 @@ impl Ledger {
                 })
             })
             .collect();
-        Self { settings, shards }
+        let timeline = config
+            .timeline_tick
+            .map(|tick| Timeline::new(tick, config.timeline_window, Instant::now()));
+        Self {
+            settings,
+            shards,
+            timeline,
+        }
+    }
+
+    /// Successful checkouts so far, over all shards.
+    pub(crate) fn total_checkouts(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.state
+                    .lock()
+                    .sites
+                    .iter()
+                    .map(|st| st.checkouts)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Takes a timeline sample if one is due.
+    pub(crate) fn sample_timeline(&self, now: Instant) {
+        let Some(timeline) = &self.timeline else {
+            return;
+        };
+        if !timeline.due(now) {
+            return;
+        }
+        if let Some(status) = self.settings.pool_status() {
+            timeline.record(now, status, self.total_checkouts());
+        }
     }
 
     /// The shard this thread opens its checkouts in.
@@ -184,6 +222,7 @@ impl Ledger {
     pub(crate) fn record_failure(
         &self,
         location: &'static Location<'static>,
+        span: Option<SpanInfo>,
         waited: Duration,
         failure: AcquireFailure,
     ) {
@@ -191,7 +230,7 @@ impl Ledger {
         shard
             .state
             .lock()
-            .record_failure(location, waited, failure, &self.settings);
+            .record_failure(location, span, waited, failure, &self.settings);
     }
 
     /// Calls `f` on every outstanding checkout, one shard lock at a time.
@@ -226,38 +265,74 @@ impl Ledger {
         guards
     }
 
-    /// Statistics per call site, merged over the shards, busiest first
-    /// (by connection time held).
+    /// Statistics per call site (over all spans), merged over the shards,
+    /// busiest first (by connection time held).
     pub(crate) fn sites(&self) -> Vec<SiteSnapshot> {
-        let mut merged: Vec<SiteStats> = Vec::new();
-        let mut outstanding: Vec<(CallSite, u64)> = Vec::new();
-        for shard in self.shards.iter() {
-            let state = shard.state.lock();
-            for stats in &state.sites {
-                match merged.iter_mut().find(|m| m.site == stats.site) {
-                    Some(m) => m.merge(stats),
-                    None => merged.push(stats.clone()),
-                }
-            }
-            for (_, entry) in state.outstanding.iter() {
-                let site = self.settings.interner.bucket_of(entry.site());
-                match outstanding.iter_mut().find(|(s, _)| *s == site) {
-                    Some((_, n)) => *n += 1,
-                    None => outstanding.push((site, 1)),
-                }
-            }
-        }
+        let (merged, outstanding) = self.merge_stats(
+            |s| (s.site, None),
+            |e| (self.settings.interner.bucket_of(e.site()), None),
+        );
         let mut sites: Vec<SiteSnapshot> = merged
             .iter()
-            .map(|stats| {
-                let n = outstanding
-                    .iter()
-                    .find(|(s, _)| *s == stats.site)
-                    .map_or(0, |(_, n)| *n);
-                stats.to_snapshot(n)
-            })
+            .map(|stats| stats.to_snapshot(count_of(&outstanding, &(stats.site, None))))
             .collect();
         sites.sort_by(|a, b| b.hold_total.cmp(&a.hold_total).then(a.site.cmp(&b.site)));
         sites
     }
+
+    /// Statistics per span name (over all sites), busiest first.
+    pub(crate) fn spans(&self) -> Vec<SpanSnapshot> {
+        let (merged, outstanding) = self.merge_stats(
+            |s| (CallSite::OVERFLOW, s.span),
+            |e| (CallSite::OVERFLOW, e.span.map(|s| s.name)),
+        );
+        let mut spans: Vec<SpanSnapshot> = merged
+            .iter()
+            .map(|stats| {
+                stats.to_span_snapshot(count_of(&outstanding, &(CallSite::OVERFLOW, stats.span)))
+            })
+            .collect();
+        spans.sort_by(|a, b| b.hold_total.cmp(&a.hold_total).then(a.span.cmp(&b.span)));
+        spans
+    }
+
+    /// Merges every shard's statistics by `key_of_stats`, and counts the
+    /// outstanding checkouts by `key_of_entry`, one shard lock at a time.
+    fn merge_stats(
+        &self,
+        key_of_stats: impl Fn(&SiteStats) -> StatsKey,
+        key_of_entry: impl Fn(&Outstanding) -> StatsKey,
+    ) -> (Vec<SiteStats>, Vec<(StatsKey, u64)>) {
+        let mut merged: Vec<SiteStats> = Vec::new();
+        let mut outstanding: Vec<(StatsKey, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            let state = shard.state.lock();
+            for stats in &state.sites {
+                let key = key_of_stats(stats);
+                match merged.iter_mut().find(|m| key_of_stats(m) == key) {
+                    Some(m) => m.merge(stats),
+                    None => {
+                        let mut first = stats.clone();
+                        (first.site, first.span) = key;
+                        merged.push(first);
+                    }
+                }
+            }
+            for (_, entry) in state.outstanding.iter() {
+                let key = key_of_entry(entry);
+                match outstanding.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, n)) => *n += 1,
+                    None => outstanding.push((key, 1)),
+                }
+            }
+        }
+        (merged, outstanding)
+    }
+}
+
+/// What statistics are merged by: a site, a span name, or both.
+type StatsKey = (CallSite, Option<&'static str>);
+
+fn count_of(counts: &[(StatsKey, u64)], key: &StatsKey) -> u64 {
+    counts.iter().find(|(k, _)| k == key).map_or(0, |(_, n)| *n)
 }

@@ -65,14 +65,15 @@ impl Hasher for AddressHasher {
     }
     fn write_usize(&mut self, n: usize) {
         // Fibonacci hashing spreads aligned addresses across buckets.
-        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
 pub(crate) struct ShardState {
     pub(crate) outstanding: Slab<Outstanding>,
     next_seq: u64,
-    slot_of_location: HashMap<usize, u32, BuildHasherDefault<AddressHasher>>,
+    /// (address of the `Location`, address of the span name) → slot.
+    slot_of: HashMap<(usize, usize), u32, BuildHasherDefault<AddressHasher>>,
     pub(crate) sites: Vec<SiteStats>,
 }
 
@@ -81,39 +82,54 @@ impl ShardState {
         Self {
             outstanding: Slab::new(),
             next_seq: 0,
-            slot_of_location: HashMap::default(),
+            slot_of: HashMap::default(),
             sites: Vec::new(),
         }
     }
 
-    /// The statistics slot of a call site, creating it on first sight.
-    fn stats_slot(&mut self, location: &'static Location<'static>, settings: &Settings) -> u32 {
-        let address = location as *const Location<'static> as usize;
-        if let Some(&slot) = self.slot_of_location.get(&address) {
+    /// The statistics slot of a call site within a span, creating it on
+    /// first sight. Spans are static names, so their number is bounded by
+    /// the program; sites are bounded by the interner's cap.
+    fn stats_slot(
+        &mut self,
+        location: &'static Location<'static>,
+        span: Option<SpanInfo>,
+        settings: &Settings,
+    ) -> u32 {
+        let span_name = span.map(|s| s.name);
+        let key = (
+            location as *const Location<'static> as usize,
+            span_name.map_or(0, |name| name.as_ptr() as usize),
+        );
+        if let Some(&slot) = self.slot_of.get(&key) {
             return slot;
         }
         let (site, rank) = settings.interner.admit(CallSite::from(location));
         // Another address of the same site (or the overflow bucket) may
         // already have a slot in this shard.
-        let slot = match self.sites.iter().position(|s| s.site == site) {
+        let existing = self
+            .sites
+            .iter()
+            .position(|s| s.site == site && s.span == span_name);
+        let slot = match existing {
             Some(slot) => slot as u32,
             None => {
                 #[cfg(feature = "metrics")]
-                let stats = SiteStats::new(site, settings.metrics.site_handles(site, rank));
+                let stats =
+                    SiteStats::new(site, span_name, settings.metrics.site_handles(site, rank));
                 #[cfg(not(feature = "metrics"))]
                 let stats = {
                     let _ = rank;
-                    SiteStats::new(site)
+                    SiteStats::new(site, span_name)
                 };
                 self.sites.push(stats);
                 (self.sites.len() - 1) as u32
             }
         };
-        self.slot_of_location.insert(address, slot);
+        self.slot_of.insert(key, slot);
         slot
     }
 
-    /// Opens a checkout record; returns its slab key and guard id.
     /// Guard ids interleave the shards (`seq * shards + shard + 1`), so they
     /// are unique per pool without a shared counter, and never 0.
     pub(crate) fn open(
@@ -124,7 +140,7 @@ impl ShardState {
     ) -> (usize, u64) {
         let id = self.next_seq * shard_count + shard_index + 1;
         self.next_seq += 1;
-        let stats_slot = self.stats_slot(checkout.location, settings);
+        let stats_slot = self.stats_slot(checkout.location, checkout.span, settings);
         self.sites[stats_slot as usize].record_checkout(checkout.waited);
         let key = self.outstanding.insert(Outstanding {
             id,
@@ -153,11 +169,12 @@ impl ShardState {
     pub(crate) fn record_failure(
         &mut self,
         location: &'static Location<'static>,
+        span: Option<SpanInfo>,
         waited: Duration,
         failure: AcquireFailure,
         settings: &Settings,
     ) {
-        let slot = self.stats_slot(location, settings);
+        let slot = self.stats_slot(location, span, settings);
         self.sites[slot as usize].record_failure(waited, failure);
     }
 }

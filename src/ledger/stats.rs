@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 
 use crate::outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
 use crate::site::CallSite;
-use crate::snapshot::{LatencySummary, SiteSnapshot};
+use crate::snapshot::{LatencySummary, SiteSnapshot, SpanSnapshot};
 
 /// Two significant figures (under 1 % error) with auto-resize: a histogram
 /// starts at a few kilobytes and grows only to the largest value seen.
@@ -30,6 +30,8 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 #[derive(Clone, Debug)]
 pub(crate) struct SiteStats {
     pub(crate) site: CallSite,
+    /// The span name the checkouts were made in.
+    pub(crate) span: Option<&'static str>,
     pub(crate) checkouts: u64,
     /// Acquires that completed without waiting: counted here and added to
     /// `wait` only when read, since most checkouts on a healthy pool are
@@ -48,10 +50,12 @@ pub(crate) struct SiteStats {
 impl SiteStats {
     pub(crate) fn new(
         site: CallSite,
+        span: Option<&'static str>,
         #[cfg(feature = "metrics")] metrics: Option<crate::export::SiteMetrics>,
     ) -> Self {
         Self {
             site,
+            span,
             checkouts: 0,
             zero_waits: 0,
             wait: new_histogram(),
@@ -108,11 +112,29 @@ impl SiteStats {
         self.failures.merge(&other.failures);
     }
 
-    pub(crate) fn to_snapshot(&self, outstanding: u64) -> SiteSnapshot {
+    /// The wait histogram with the zero waits added back in.
+    fn full_wait(&self) -> Histogram<u64> {
         let mut wait = self.wait.clone();
         if self.zero_waits > 0 {
             let _ = wait.record_n(0, self.zero_waits);
         }
+        wait
+    }
+
+    pub(crate) fn to_span_snapshot(&self, outstanding: u64) -> SpanSnapshot {
+        SpanSnapshot {
+            span: self.span,
+            checkouts: self.checkouts,
+            outstanding,
+            wait: summarize(&self.full_wait()),
+            hold: summarize(&self.hold),
+            hold_total: self.hold_total,
+            outcomes: self.outcomes,
+        }
+    }
+
+    pub(crate) fn to_snapshot(&self, outstanding: u64) -> SiteSnapshot {
+        let wait = self.full_wait();
         SiteSnapshot {
             site: self.site,
             checkouts: self.checkouts,
