@@ -82,4 +82,6 @@ pub use guard::Guard;
 pub use outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
 pub use pool::WatchedPool;
 pub use site::{CallSite, SpanInfo};
-pub use snapshot::{LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot};
+pub use snapshot::{
+    DatabaseStats, LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot,
+};

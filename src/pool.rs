@@ -70,6 +70,12 @@ impl<M: Manager> WatchedPool<M> {
         }
     }
 
+    /// Wraps a pool whose hooks already share `ledger` (database
+    /// integrations that install hooks before the pool exists).
+    pub(crate) fn with_ledger(pool: Pool<M>, ledger: Arc<Ledger>) -> Self {
+        Self { pool, ledger }
+    }
+
     /// Checks out a connection, like deadpool's [`Pool::get`], recording the
     /// caller's source line as the call site.
     ///

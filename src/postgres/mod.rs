@@ -11,9 +11,18 @@
 //! # Ok(()) }
 //! ```
 
+#[macro_use]
+mod methods;
+mod builder;
+mod call;
+mod client;
+mod hooks;
+mod pid;
+mod transaction;
+
+pub use builder::{OpenTransaction, Options};
+pub use client::Client;
+pub use transaction::{Transaction, TransactionBuilder};
+
 /// A watched deadpool-postgres pool.
 pub type Pool = crate::WatchedPool<deadpool_postgres::Manager>;
-
-/// A connection checked out of a watched deadpool-postgres pool; derefs to
-/// [`deadpool_postgres::Client`].
-pub type Client = crate::Guard<deadpool_postgres::Manager>;
