@@ -272,7 +272,11 @@ pub(crate) fn database_findings(settings: &Settings, closed: &Closed) {
 
 /// An instrumented transaction ended: WARN when it was dropped without
 /// commit or rollback (the `?` early-return path), DEBUG otherwise.
-pub(crate) fn transaction_ended(settings: &Settings, entry: &Outstanding, ended: &TransactionEnded) {
+pub(crate) fn transaction_ended(
+    settings: &Settings,
+    entry: &Outstanding,
+    ended: &TransactionEnded,
+) {
     let site = entry.site();
     let transaction_site = CallSite::from(ended.site);
     let statement = entry.activity.last_statement.to_display();

@@ -282,7 +282,10 @@ mod tests {
     #[test]
     fn transaction_keywords() {
         assert_eq!(transaction_effect("BEGIN"), Some(true));
-        assert_eq!(transaction_effect(" begin isolation level serializable"), Some(true));
+        assert_eq!(
+            transaction_effect(" begin isolation level serializable"),
+            Some(true)
+        );
         assert_eq!(transaction_effect("START TRANSACTION"), Some(true));
         assert_eq!(transaction_effect("BEGIN; SELECT 1; COMMIT"), Some(false));
         assert_eq!(transaction_effect("rollback to savepoint a"), None);

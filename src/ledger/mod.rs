@@ -104,7 +104,10 @@ impl Shard {
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
         let mut closed = self.state.lock().close(key, outcome, now)?;
         let activity = &closed.activity;
-        let evict_open = self.settings.evict_open_transactions.load(Ordering::Relaxed);
+        let evict_open = self
+            .settings
+            .evict_open_transactions
+            .load(Ordering::Relaxed);
         closed.evict = activity.in_flight || (activity.open_transaction && evict_open);
         if activity.connection != 0 && !closed.evict {
             let holder = LastHolder {
@@ -112,7 +115,9 @@ impl Shard {
                 location: closed.location,
                 reported_open_transaction: activity.open_transaction,
             };
-            self.settings.connections.returned(activity.connection, holder);
+            self.settings
+                .connections
+                .returned(activity.connection, holder);
         }
         Some(closed)
     }

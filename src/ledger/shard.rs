@@ -162,7 +162,12 @@ impl ShardState {
     /// A database call started on checkout `key`. Returns whether the
     /// checkout does not know its connection yet (the caller then looks up
     /// the backend pid and calls [`Self::set_connection`]).
-    pub(crate) fn call_started(&mut self, key: usize, now: Instant, statement: Option<&str>) -> bool {
+    pub(crate) fn call_started(
+        &mut self,
+        key: usize,
+        now: Instant,
+        statement: Option<&str>,
+    ) -> bool {
         match self.outstanding.get_mut(key) {
             Some(entry) => {
                 entry.activity.call_started(now, statement);

@@ -208,7 +208,8 @@ impl WatchedPool<Manager> {
             pg_config.application_name(default_application_name(&watch.pool_name));
         }
         let manager = Manager::from_config(pg_config, tls, config.get_manager_config());
-        let mut builder = deadpool_postgres::Pool::builder(manager).config(config.get_pool_config());
+        let mut builder =
+            deadpool_postgres::Pool::builder(manager).config(config.get_pool_config());
         if let Some(runtime) = runtime {
             builder = builder.runtime(runtime);
         }

@@ -33,11 +33,9 @@ struct InFlight<'r> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.record.shard.call_ended(
-            self.record.key,
-            self.completed,
-            self.transaction_effect,
-        );
+        self.record
+            .shard
+            .call_ended(self.record.key, self.completed, self.transaction_effect);
     }
 }
 

@@ -83,7 +83,9 @@ impl Guard<Manager> {
     /// ```
     #[track_caller]
     #[allow(clippy::manual_async_fn)] // `#[track_caller]` is a no-op on `async fn`
-    pub fn transaction(&mut self) -> impl Future<Output = Result<Transaction<'_>, Error>> + Send + '_ {
+    pub fn transaction(
+        &mut self,
+    ) -> impl Future<Output = Result<Transaction<'_>, Error>> + Send + '_ {
         let site = Location::caller();
         async move {
             let (object, record) = Guard::split_mut(self);

@@ -15,7 +15,9 @@ macro_rules! instrumented_methods {
         #[doc = $what]
         /// timed; the text is recorded as the last statement.
         pub async fn prepare(&self, query: &str) -> Result<Statement, Error> {
-            self.timing().run(Some(query), self.pg().prepare(query)).await
+            self.timing()
+                .run(Some(query), self.pg().prepare(query))
+                .await
         }
 
         /// Like `prepare_typed` of
@@ -34,7 +36,9 @@ macro_rules! instrumented_methods {
         /// recorded as the last statement (and stays the last statement
         /// while the prepared statement is run).
         pub async fn prepare_cached(&self, query: &str) -> Result<Statement, Error> {
-            self.timing().run(Some(query), self.dp().prepare_cached(query)).await
+            self.timing()
+                .run(Some(query), self.dp().prepare_cached(query))
+                .await
         }
 
         /// Like deadpool-postgres's `prepare_typed_cached`, timed.
@@ -58,7 +62,9 @@ macro_rules! instrumented_methods {
         where
             T: ?Sized + ToStatement,
         {
-            self.timing().run(None, self.pg().query(statement, params)).await
+            self.timing()
+                .run(None, self.pg().query(statement, params))
+                .await
         }
 
         /// Like `query_one` of
@@ -72,7 +78,9 @@ macro_rules! instrumented_methods {
         where
             T: ?Sized + ToStatement,
         {
-            self.timing().run(None, self.pg().query_one(statement, params)).await
+            self.timing()
+                .run(None, self.pg().query_one(statement, params))
+                .await
         }
 
         /// Like `query_opt` of
@@ -86,7 +94,9 @@ macro_rules! instrumented_methods {
         where
             T: ?Sized + ToStatement,
         {
-            self.timing().run(None, self.pg().query_opt(statement, params)).await
+            self.timing()
+                .run(None, self.pg().query_opt(statement, params))
+                .await
         }
 
         /// Like `query_raw` of
@@ -100,7 +110,9 @@ macro_rules! instrumented_methods {
             I: IntoIterator<Item = P>,
             I::IntoIter: ExactSizeIterator,
         {
-            self.timing().run(None, self.pg().query_raw(statement, params)).await
+            self.timing()
+                .run(None, self.pg().query_raw(statement, params))
+                .await
         }
 
         /// Like `query_typed` of
@@ -111,7 +123,9 @@ macro_rules! instrumented_methods {
             query: &str,
             params: &[(&(dyn ToSql + Sync), Type)],
         ) -> Result<Vec<Row>, Error> {
-            self.timing().run(Some(query), self.pg().query_typed(query, params)).await
+            self.timing()
+                .run(Some(query), self.pg().query_typed(query, params))
+                .await
         }
 
         /// Like `query_typed_one` of
@@ -141,7 +155,11 @@ macro_rules! instrumented_methods {
         /// Like `query_typed_raw` of
         #[doc = $what]
         /// timed until the row stream is returned.
-        pub async fn query_typed_raw<P, I>(&self, query: &str, params: I) -> Result<RowStream, Error>
+        pub async fn query_typed_raw<P, I>(
+            &self,
+            query: &str,
+            params: I,
+        ) -> Result<RowStream, Error>
         where
             P: BorrowToSql,
             I: IntoIterator<Item = (P, Type)>,
@@ -161,7 +179,9 @@ macro_rules! instrumented_methods {
         where
             T: ?Sized + ToStatement,
         {
-            self.timing().run(None, self.pg().execute(statement, params)).await
+            self.timing()
+                .run(None, self.pg().execute(statement, params))
+                .await
         }
 
         /// Like `execute_typed` of
@@ -186,7 +206,9 @@ macro_rules! instrumented_methods {
             I: IntoIterator<Item = P>,
             I::IntoIter: ExactSizeIterator,
         {
-            self.timing().run(None, self.pg().execute_raw(statement, params)).await
+            self.timing()
+                .run(None, self.pg().execute_raw(statement, params))
+                .await
         }
 
         /// Like `copy_in` of
@@ -214,7 +236,9 @@ macro_rules! instrumented_methods {
         #[doc = $what]
         /// timed; a raw `BEGIN`/`COMMIT` in the text is tracked.
         pub async fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
-            self.timing().run(Some(query), self.pg().simple_query(query)).await
+            self.timing()
+                .run(Some(query), self.pg().simple_query(query))
+                .await
         }
 
         /// Like `batch_execute` of
@@ -222,7 +246,9 @@ macro_rules! instrumented_methods {
         /// timed; a raw `BEGIN`/`COMMIT` in the text is tracked, so a
         /// connection returned inside a transaction is caught.
         pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
-            self.timing().run(Some(query), self.pg().batch_execute(query)).await
+            self.timing()
+                .run(Some(query), self.pg().batch_execute(query))
+                .await
         }
     };
 }

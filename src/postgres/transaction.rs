@@ -63,7 +63,9 @@ impl<'a> Transaction<'a> {
     }
 
     fn dp(&self) -> &deadpool_postgres::Transaction<'a> {
-        self.txn.as_ref().expect("a live transaction holds its transaction")
+        self.txn
+            .as_ref()
+            .expect("a live transaction holds its transaction")
     }
 
     fn pg(&self) -> &tokio_postgres::Transaction<'a> {
@@ -134,7 +136,10 @@ impl<'a> Transaction<'a> {
     /// ```
     pub async fn transaction(&mut self) -> Result<Transaction<'_>, Error> {
         let timing = self.timing();
-        let txn = self.txn.as_mut().expect("a live transaction holds its transaction");
+        let txn = self
+            .txn
+            .as_mut()
+            .expect("a live transaction holds its transaction");
         let inner = timing.run(None, txn.transaction()).await?;
         Ok(Self::nested(timing, inner))
     }
@@ -155,7 +160,10 @@ impl<'a> Transaction<'a> {
         I: Into<String>,
     {
         let timing = self.timing();
-        let txn = self.txn.as_mut().expect("a live transaction holds its transaction");
+        let txn = self
+            .txn
+            .as_mut()
+            .expect("a live transaction holds its transaction");
         let inner = timing.run(None, txn.savepoint(name)).await?;
         Ok(Self::nested(timing, inner))
     }
@@ -200,7 +208,9 @@ impl<'a> Deref for Transaction<'a> {
 
 impl DerefMut for Transaction<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        self.txn.as_mut().expect("a live transaction holds its transaction")
+        self.txn
+            .as_mut()
+            .expect("a live transaction holds its transaction")
     }
 }
 
