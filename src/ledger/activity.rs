@@ -254,20 +254,16 @@ pub(crate) fn transaction_effect(sql: &str) -> Option<bool> {
         match first.as_str() {
             "BEGIN" | "START" => effect = Some(true),
             "COMMIT" | "END" | "ABORT" => effect = Some(false),
-            "ROLLBACK" => {
-                // `ROLLBACK TO [SAVEPOINT] x` stays inside the transaction.
-                let to = words.next().is_some_and(|w| w.eq_ignore_ascii_case("TO"));
-                if !to {
-                    effect = Some(false);
-                }
+            // `ROLLBACK TO [SAVEPOINT] x` stays inside the transaction.
+            "ROLLBACK" if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("TO")) => {
+                effect = Some(false);
             }
-            "PREPARE" => {
+            "PREPARE"
                 if words
                     .next()
-                    .is_some_and(|w| w.eq_ignore_ascii_case("TRANSACTION"))
-                {
-                    effect = Some(false);
-                }
+                    .is_some_and(|w| w.eq_ignore_ascii_case("TRANSACTION")) =>
+            {
+                effect = Some(false);
             }
             _ => {}
         }
