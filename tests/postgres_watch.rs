@@ -384,3 +384,20 @@ async fn the_last_statement_text_is_bounded_and_has_no_parameters() {
     assert!(text.len() < 200 && text.ends_with('…'), "{text}");
     assert!(!text.contains(secret));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrumented_futures_are_send() {
+    let pool = ready_made("send", 2);
+    let task = tokio::spawn(async move {
+        let mut client = pool.get().await.unwrap();
+        let stmt = client.prepare_cached("SELECT 1").await.unwrap();
+        client.query(&stmt, &[]).await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let rows = tx.query_raw("SELECT 2", Vec::<i32>::new()).await.unwrap();
+        drop(rows);
+        tx.query_one("SELECT 3", &[]).await.unwrap();
+        tx.commit().await.unwrap();
+        pool.snapshot().sites.len()
+    });
+    assert_eq!(task.await.unwrap(), 1);
+}
