@@ -8,7 +8,9 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::ledger::{Closed, Ledger, Settings};
+use crate::ledger::activity::{TransactionEnded, TransactionEnding};
+use crate::ledger::connections::LastHolder;
+use crate::ledger::{Closed, Ledger, Outstanding, Settings};
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::{CallSite, SpanInfo};
 use crate::snapshot::PoolStatus;
@@ -60,6 +62,8 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
             site = %closed.site,
             span = %SpanName(closed.span),
             held_ms = millis(closed.held),
+            busy_ms = millis(closed.activity.busy),
+            backend_pid = closed.activity.backend_pid,
             threshold_ms = millis(threshold),
             outcome = outcome.as_str(),
             in_use = status.in_use(),
@@ -83,6 +87,8 @@ pub(crate) fn dropped_while_panicking(settings: &Settings, closed: &Closed) {
             site = %closed.site,
             span = %SpanName(closed.span),
             held_ms = millis(closed.held),
+            busy_ms = millis(closed.activity.busy),
+            backend_pid = closed.activity.backend_pid,
             outcome = Outcome::DroppedWhilePanicking.as_str(),
             "connection from {} dropped while panicking after {}",
             closed.site,
@@ -208,5 +214,158 @@ pub(crate) fn acquire_failed(settings: &Settings, failed: &FailedAcquire<'_>) {
             failed.status.max_size,
             holders,
         );
+    });
+}
+
+/// What the guard did with the connection that the next caller must not
+/// inherit: a call still in flight, an open transaction.
+pub(crate) fn database_findings(settings: &Settings, closed: &Closed) {
+    let activity = &closed.activity;
+    if !(activity.in_flight || activity.open_transaction) {
+        return;
+    }
+    let statement = activity.last_statement.to_display();
+    let statement = statement.as_deref().unwrap_or("");
+    let action = if closed.evict {
+        "evicted"
+    } else {
+        "rolled_back_at_next_checkout"
+    };
+    if activity.in_flight {
+        guarded(|| {
+            tracing::warn!(
+                target: TARGET,
+                pool = %settings.pool_name,
+                guard = closed.id,
+                site = %closed.site,
+                span = %SpanName(closed.span),
+                held_ms = millis(closed.held),
+                busy_ms = millis(activity.busy),
+                backend_pid = activity.backend_pid,
+                statement,
+                action,
+                "connection from {} dropped with a database call in flight (its future was \
+                 dropped unfinished); the server may still be running it, connection {}",
+                closed.site,
+                action,
+            );
+        });
+    }
+    if activity.open_transaction {
+        let transaction_site = activity.transaction_site.map(CallSite::from);
+        guarded(|| {
+            tracing::warn!(
+                target: TARGET,
+                pool = %settings.pool_name,
+                guard = closed.id,
+                site = %closed.site,
+                span = %SpanName(closed.span),
+                held_ms = millis(closed.held),
+                busy_ms = millis(activity.busy),
+                backend_pid = activity.backend_pid,
+                transaction_site = transaction_site.map(tracing::field::display),
+                statement,
+                action,
+                "connection from {} returned with an open transaction; connection {}",
+                closed.site,
+                action,
+            );
+        });
+    }
+}
+
+/// An instrumented transaction ended: WARN when it was dropped without
+/// commit or rollback (the `?` early-return path), DEBUG otherwise.
+pub(crate) fn transaction_ended(
+    settings: &Settings,
+    entry: &Outstanding,
+    ended: &TransactionEnded,
+) {
+    let site = entry.site();
+    let transaction_site = CallSite::from(ended.site);
+    let statement = entry.activity.last_statement.to_display();
+    let statement = statement.as_deref().unwrap_or("");
+    guarded(|| {
+        if ended.ending == TransactionEnding::RolledBackByDrop {
+            tracing::warn!(
+                target: TARGET,
+                pool = %settings.pool_name,
+                guard = entry.id,
+                site = %site,
+                transaction_site = %transaction_site,
+                span = %SpanName(entry.span),
+                transaction_ms = millis(ended.duration),
+                idle_in_transaction_ms = millis(ended.idle),
+                backend_pid = entry.activity.backend_pid,
+                statement,
+                ending = ended.ending.as_str(),
+                "transaction begun at {} was dropped without commit or rollback after {} \
+                 (rolled back by drop; last statement: {})",
+                transaction_site,
+                human(ended.duration),
+                statement,
+            );
+        } else {
+            tracing::debug!(
+                target: TARGET,
+                pool = %settings.pool_name,
+                guard = entry.id,
+                site = %site,
+                transaction_site = %transaction_site,
+                span = %SpanName(entry.span),
+                transaction_ms = millis(ended.duration),
+                idle_in_transaction_ms = millis(ended.idle),
+                backend_pid = entry.activity.backend_pid,
+                ending = ended.ending.as_str(),
+                "transaction begun at {} {} after {} ({} idle)",
+                transaction_site,
+                ended.ending.as_str(),
+                human(ended.duration),
+                human(ended.idle),
+            );
+        }
+    });
+}
+
+/// The recycle probe found a connection inside a transaction.
+pub(crate) fn open_transaction_at_recycle(
+    settings: &Settings,
+    backend_pid: Option<i32>,
+    holder: Option<LastHolder>,
+    action: &'static str,
+) {
+    let site = holder.map(|h| CallSite::from(h.location));
+    let guard = holder.map(|h| h.guard);
+    let by = match site {
+        Some(site) => site.to_string(),
+        None => "an uninstrumented holder".to_owned(),
+    };
+    guarded(|| {
+        if holder.is_some_and(|h| h.reported_open_transaction) {
+            tracing::debug!(
+                target: TARGET,
+                pool = %settings.pool_name,
+                guard,
+                site = site.map(tracing::field::display),
+                backend_pid,
+                action,
+                "open transaction left by {} cleaned at checkout ({})",
+                by,
+                action,
+            );
+        } else {
+            tracing::warn!(
+                target: TARGET,
+                pool = %settings.pool_name,
+                guard,
+                site = site.map(tracing::field::display),
+                backend_pid,
+                action,
+                "connection returned by {} was still inside a transaction; found at the next \
+                 checkout ({})",
+                by,
+                action,
+            );
+        }
     });
 }

@@ -35,10 +35,10 @@ pub struct Guard<M: Manager> {
 }
 
 /// Where this guard's checkout record lives in the ledger.
-struct Record {
-    shard: Arc<Shard>,
-    key: usize,
-    id: u64,
+pub(crate) struct Record {
+    pub(crate) shard: Arc<Shard>,
+    pub(crate) key: usize,
+    pub(crate) id: u64,
 }
 
 impl Record {
@@ -67,6 +67,7 @@ impl Record {
         if past_threshold {
             events::held_past_threshold(settings, closed, outcome);
         }
+        events::database_findings(settings, closed);
     }
 }
 
@@ -126,6 +127,17 @@ impl<M: Manager> Guard<M> {
         object
     }
 
+    /// The checkout record, for the database integrations' call timing.
+    pub(crate) fn record(this: &Self) -> &Record {
+        &this.record
+    }
+
+    /// The object and the record at once (a transaction borrows both).
+    pub(crate) fn split_mut(this: &mut Self) -> (&mut Object<M>, &Record) {
+        let object = this.object.as_mut().expect("a live guard holds its object");
+        (object, &this.record)
+    }
+
     fn finish(&self, outcome: Outcome) {
         if let Some(closed) = self.record.close(outcome) {
             self.record.report(&closed, outcome);
@@ -145,8 +157,16 @@ impl<M: Manager> Drop for Guard<M> {
         };
         let closed = self.record.close(outcome);
         // Return the connection before reporting, so a slow subscriber does
-        // not lengthen the hold; assigning drops it in place (no move).
-        self.object = None;
+        // not lengthen the hold; assigning drops it in place (no move). One
+        // the next caller must not get (a call still running on it, an open
+        // transaction nobody rolls back) is detached and closed instead.
+        if closed.as_ref().is_some_and(|c| c.evict) {
+            if let Some(object) = self.object.take() {
+                drop(Object::take(object));
+            }
+        } else {
+            self.object = None;
+        }
         if let Some(closed) = closed {
             self.record.report(&closed, outcome);
         }

@@ -56,8 +56,14 @@
 //! `pool`, `guard` (checkout id), `site` (`file:line:column`), `span` (the
 //! tracing span current at checkout), `waited_ms`, `held_ms`,
 //! `threshold_ms`, `outcome`; acquire failures add `failure`, `error`,
-//! `held`, `max_size`, `waiting` and `holders`.
+//! `held`, `max_size`, `waiting` and `holders`. Holds of a
+//! [`postgres`] pool add `busy_ms` (time inside database calls),
+//! `backend_pid` (join with `pg_stat_activity.pid`), `statement` (last SQL
+//! text, bounded, never parameters), `transaction_site`, `action`.
 #![deny(missing_docs)]
+// The database-activity parts of the ledger are driven by the `postgres`
+// integration only.
+#![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
 mod config;
 mod errors;
@@ -89,6 +95,7 @@ pub use pool::WatchedPool;
 pub use report::{Report, Verdict, VerdictKind};
 pub use site::{CallSite, SpanInfo};
 pub use snapshot::{
-    LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot, SpanSnapshot,
+    DatabaseStats, LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot,
+    SpanSnapshot,
 };
 pub use timeline::PressureSample;

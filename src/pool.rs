@@ -69,14 +69,21 @@ impl<M: Manager> WatchedPool<M> {
     where
         M: 'static,
     {
+        Self::with_ledger(pool, Arc::new(Ledger::new(&config)))
+    }
+
+    /// Wraps a pool whose hooks already share `ledger` (database
+    /// integrations that install hooks before the pool exists).
+    pub(crate) fn with_ledger(pool: Pool<M>, ledger: Arc<Ledger>) -> Self
+    where
+        M: 'static,
+    {
         // The ledger reads the status through a weak handle, so it never
         // keeps the pool alive.
         let weak = pool.weak();
         let status = Box::new(move || weak.upgrade().map(|p| PoolStatus::from(p.status())));
-        Self {
-            pool,
-            ledger: Arc::new(Ledger::new(&config, status)),
-        }
+        ledger.settings.set_status_source(status);
+        Self { pool, ledger }
     }
 
     /// Checks out a connection, like deadpool's [`Pool::get`], recording the

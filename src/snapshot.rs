@@ -86,6 +86,16 @@ pub struct OutstandingGuard {
     pub span: Option<SpanInfo>,
     /// How long it has been held so far.
     pub held: Duration,
+    /// Of that, time spent in instrumented database calls so far.
+    pub busy: Duration,
+    /// The server process behind the connection (`pg_stat_activity.pid`),
+    /// when known.
+    pub backend_pid: Option<i32>,
+    /// The text of the last statement sent through the guard (bounded,
+    /// never parameter values), when known.
+    pub last_statement: Option<String>,
+    /// Inside a transaction, as far as the instrumented calls saw.
+    pub in_transaction: bool,
 }
 
 /// Statistics of one call site since the pool was wrapped.
@@ -109,6 +119,67 @@ pub struct SiteSnapshot {
     pub outcomes: OutcomeCounts,
     /// Failed acquires, by kind.
     pub failures: FailureCounts,
+    /// What the holds did in the database (busy time, transactions, error
+    /// paths); all zero unless the pool is a [`postgres`](crate::postgres)
+    /// pool used through its instrumented methods.
+    pub database: DatabaseStats,
+}
+
+/// The database side of one call site's holds.
+///
+/// `busy_total / hold_total` is the share of connection time spent in the
+/// database; a low ratio with long holds means connections are held across
+/// unrelated work.
+///
+/// ```
+/// let stats = poolwatch::DatabaseStats::default();
+/// assert_eq!(stats.busy_total, std::time::Duration::ZERO);
+/// assert_eq!(stats.error_paths(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct DatabaseStats {
+    /// Time with at least one instrumented database call in flight, added
+    /// up over the ended holds.
+    pub busy_total: std::time::Duration,
+    /// Transactions committed.
+    pub committed: u64,
+    /// Transactions rolled back explicitly.
+    pub rolled_back: u64,
+    /// Transactions (or savepoints) dropped without commit or rollback:
+    /// rolled back by `Drop`, usually on a `?` early return.
+    pub rolled_back_by_drop: u64,
+    /// Time inside instrumented transactions (outermost level).
+    pub transaction_total: std::time::Duration,
+    /// Of that, time with no call in flight: the transaction was open and
+    /// idle (locks held, snapshot pinned) while the code did other work.
+    pub transaction_idle_total: std::time::Duration,
+    /// Holds that ended with a transaction still open (raw `BEGIN`, a
+    /// leaked transaction), as the guard saw it or the recycle probe found.
+    pub open_transaction_at_return: u64,
+    /// Holds that ended with a database call in flight or abandoned mid-way
+    /// (its future dropped by a timeout or `select!`).
+    pub in_flight_at_drop: u64,
+}
+
+impl DatabaseStats {
+    /// Error-path endings: rolled back by drop, open transaction at return,
+    /// call in flight at drop.
+    pub fn error_paths(&self) -> u64 {
+        self.rolled_back_by_drop + self.open_transaction_at_return + self.in_flight_at_drop
+    }
+
+    pub(crate) fn merge(&mut self, other: &DatabaseStats) {
+        self.busy_total += other.busy_total;
+        self.committed += other.committed;
+        self.rolled_back += other.rolled_back;
+        self.rolled_back_by_drop += other.rolled_back_by_drop;
+        self.transaction_total += other.transaction_total;
+        self.transaction_idle_total += other.transaction_idle_total;
+        self.open_transaction_at_return += other.open_transaction_at_return;
+        self.in_flight_at_drop += other.in_flight_at_drop;
+    }
 }
 
 /// Statistics of the checkouts made inside one tracing span name (over all

@@ -8,13 +8,15 @@
 //! cache line; a guard closes its record in the shard that opened it,
 //! whichever thread drops it.
 
+pub(crate) mod activity;
+pub(crate) mod connections;
 mod shard;
 mod stats;
 
 use std::collections::HashMap;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -25,6 +27,8 @@ use crate::site::{CallSite, SpanInfo};
 use crate::snapshot::{OutstandingGuard, PoolStatus, SiteSnapshot, SpanSnapshot};
 use crate::timeline::Timeline;
 
+use activity::TransactionEnding;
+use connections::{Connections, LastHolder};
 use shard::ShardState;
 pub(crate) use shard::{Checkout, Closed, Outstanding};
 use stats::SiteStats;
@@ -72,9 +76,15 @@ pub(crate) struct Settings {
     hold_threshold_ns: AtomicU64,
     slow_acquire_ns: AtomicU64,
     pub(crate) interner: SiteInterner,
-    status: StatusSource,
+    /// Set once the pool exists (the ledger may be made first, for hooks).
+    status: OnceLock<StatusSource>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::export::PoolMetrics,
+    /// Backend pid and last holder of each connection (database pools).
+    pub(crate) connections: Connections,
+    /// A connection returned inside a transaction is evicted, unless a
+    /// recycle hook that rolls it back is installed (then this is false).
+    pub(crate) evict_open_transactions: AtomicBool,
 }
 
 #[inline]
@@ -101,7 +111,12 @@ impl Settings {
     }
     /// The wrapped pool's status, if the pool still exists.
     pub(crate) fn pool_status(&self) -> Option<PoolStatus> {
-        (self.status)()
+        self.status.get().and_then(|status| status())
+    }
+
+    /// Connects the ledger to its pool's status; the first call wins.
+    pub(crate) fn set_status_source(&self, status: StatusSource) {
+        let _ = self.status.set(status);
     }
 
     pub(crate) fn set_hold_threshold(&self, d: Duration) {
@@ -129,7 +144,63 @@ impl Shard {
     }
 
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
-        self.state.lock().close(key, outcome, now)
+        let mut closed = self.state.lock().close(key, outcome, now)?;
+        let activity = &closed.activity;
+        let evict_open = self
+            .settings
+            .evict_open_transactions
+            .load(Ordering::Relaxed);
+        closed.evict = activity.in_flight || (activity.open_transaction && evict_open);
+        if activity.connection != 0 && !closed.evict {
+            let holder = LastHolder {
+                guard: closed.id,
+                location: closed.location,
+                reported_open_transaction: activity.open_transaction,
+            };
+            self.settings
+                .connections
+                .returned(activity.connection, holder);
+        }
+        Some(closed)
+    }
+
+    /// A database call started; the first one also learns the connection
+    /// (`connection`: its identity) and its backend pid.
+    pub(crate) fn call_started(&self, key: usize, statement: Option<&str>, connection: usize) {
+        let unknown = self
+            .state
+            .lock()
+            .call_started(key, Instant::now(), statement);
+        if unknown {
+            let pid = self.settings.connections.backend_pid(connection);
+            self.state.lock().set_connection(key, connection, pid);
+        }
+    }
+
+    pub(crate) fn call_ended(&self, key: usize, completed: bool, transaction_effect: Option<bool>) {
+        self.state
+            .lock()
+            .call_ended(key, Instant::now(), completed, transaction_effect);
+    }
+
+    pub(crate) fn transaction_began(&self, key: usize, site: &'static Location<'static>) {
+        self.state
+            .lock()
+            .transaction_began(key, Instant::now(), site);
+    }
+
+    pub(crate) fn transaction_ended(
+        &self,
+        key: usize,
+        ending: TransactionEnding,
+    ) -> Option<(Outstanding, activity::TransactionEnded)> {
+        self.state
+            .lock()
+            .transaction_ended(key, Instant::now(), ending)
+    }
+
+    pub(crate) fn savepoint_ended(&self, key: usize, ending: TransactionEnding) {
+        self.state.lock().savepoint_ended(key, ending);
     }
 }
 
@@ -148,7 +219,7 @@ thread_local! {
 }
 
 impl Ledger {
-    pub(crate) fn new(config: &WatchConfig, status: StatusSource) -> Self {
+    pub(crate) fn new(config: &WatchConfig) -> Self {
         let settings = Arc::new(Settings {
             pool_name: config.pool_name.clone(),
             hold_threshold_ns: AtomicU64::new(nanos(config.hold_threshold)),
@@ -157,9 +228,11 @@ impl Ledger {
                 max_sites: config.max_sites,
                 known: Mutex::new(HashMap::new()),
             },
-            status,
+            status: OnceLock::new(),
             #[cfg(feature = "metrics")]
             metrics: crate::export::PoolMetrics::new(&config.pool_name, config.metrics_site_labels),
+            connections: Connections::default(),
+            evict_open_transactions: AtomicBool::new(true),
         });
         // One shard per core (a power of two, at most 16) keeps threads
         // apart without multiplying the per-site histograms needlessly.
@@ -233,6 +306,15 @@ impl Ledger {
             .record_failure(location, span, waited, failure, &self.settings);
     }
 
+    /// An open transaction found at recycle that its last holder did not
+    /// report itself: counted against the holder's call site.
+    pub(crate) fn record_unreported_open_transaction(&self, location: &'static Location<'static>) {
+        self.local_shard()
+            .state
+            .lock()
+            .record_unreported_open_transaction(location, &self.settings);
+    }
+
     /// Calls `f` on every outstanding checkout, one shard lock at a time.
     pub(crate) fn for_each_outstanding(&self, mut f: impl FnMut(&Outstanding)) {
         for shard in self.shards.iter() {
@@ -259,6 +341,10 @@ impl Ledger {
                 site: entry.site(),
                 span: entry.span,
                 held: now.saturating_duration_since(entry.acquired_at),
+                busy: entry.activity.busy(now),
+                backend_pid: entry.activity.backend_pid,
+                last_statement: entry.activity.last_statement.to_display(),
+                in_transaction: entry.activity.open_transaction(),
             });
         });
         guards.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.cmp(&b.id)));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::activity::{Activity, ActivitySummary, TransactionEnded, TransactionEnding};
 use super::stats::SiteStats;
 use super::Settings;
 use crate::outcome::{AcquireFailure, Outcome};
@@ -23,6 +24,8 @@ pub(crate) struct Outstanding {
     pub(crate) acquired_at: Instant,
     /// Index into [`ShardState::sites`], resolved once at checkout.
     stats_slot: u32,
+    /// What the holder did with the connection (database integrations).
+    pub(crate) activity: Activity,
 }
 
 impl Outstanding {
@@ -47,6 +50,12 @@ pub(crate) struct Closed {
     pub(crate) site: CallSite,
     pub(crate) span: Option<SpanInfo>,
     pub(crate) held: Duration,
+    pub(crate) location: &'static Location<'static>,
+    /// The database side of the hold (all zero for plain pools).
+    pub(crate) activity: ActivitySummary,
+    /// The connection must not go back to the pool (a call may still run
+    /// on it, or it sits in a transaction nobody will clean up).
+    pub(crate) evict: bool,
 }
 
 /// A `Location` is `'static` and its address is a fine hash key; the real
@@ -148,6 +157,7 @@ impl ShardState {
             span: checkout.span,
             acquired_at: checkout.acquired_at,
             stats_slot,
+            activity: Activity::IDLE,
         });
         (key, id)
     }
@@ -157,13 +167,105 @@ impl ShardState {
     pub(crate) fn close(&mut self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
         let entry = self.outstanding.try_remove(key)?;
         let held = now.saturating_duration_since(entry.acquired_at);
-        self.sites[entry.stats_slot as usize].record_close(held, outcome);
+        let activity = entry.activity.summary(now);
+        let stats = &mut self.sites[entry.stats_slot as usize];
+        stats.record_close(held, outcome);
+        stats.record_activity(&activity);
         Some(Closed {
             id: entry.id,
             site: entry.site(),
             span: entry.span,
             held,
+            location: entry.location,
+            activity,
+            evict: false,
         })
+    }
+
+    /// A database call started on checkout `key`. Returns whether the
+    /// checkout does not know its connection yet (the caller then looks up
+    /// the backend pid and calls [`Self::set_connection`]).
+    pub(crate) fn call_started(
+        &mut self,
+        key: usize,
+        now: Instant,
+        statement: Option<&str>,
+    ) -> bool {
+        match self.outstanding.get_mut(key) {
+            Some(entry) => {
+                entry.activity.call_started(now, statement);
+                entry.activity.connection == 0
+            }
+            None => false,
+        }
+    }
+
+    /// A call ended: ran to completion, or was dropped mid-call. A
+    /// completed call's `transaction_effect` (raw `BEGIN`/`COMMIT`) applies.
+    pub(crate) fn call_ended(
+        &mut self,
+        key: usize,
+        now: Instant,
+        completed: bool,
+        transaction_effect: Option<bool>,
+    ) {
+        if let Some(entry) = self.outstanding.get_mut(key) {
+            entry.activity.call_ended(now, completed);
+            if let (true, Some(open)) = (completed, transaction_effect) {
+                entry.activity.raw_transaction = open;
+            }
+        }
+    }
+
+    pub(crate) fn set_connection(&mut self, key: usize, connection: usize, pid: Option<i32>) {
+        if let Some(entry) = self.outstanding.get_mut(key) {
+            entry.activity.connection = connection;
+            entry.activity.backend_pid = pid;
+        }
+    }
+
+    pub(crate) fn transaction_began(
+        &mut self,
+        key: usize,
+        now: Instant,
+        site: &'static Location<'static>,
+    ) {
+        if let Some(entry) = self.outstanding.get_mut(key) {
+            entry.activity.transaction_began(now, site);
+        }
+    }
+
+    /// The instrumented transaction of checkout `key` ended; its time goes
+    /// to the checkout's call-site statistics.
+    pub(crate) fn transaction_ended(
+        &mut self,
+        key: usize,
+        now: Instant,
+        ending: TransactionEnding,
+    ) -> Option<(Outstanding, TransactionEnded)> {
+        let entry = self.outstanding.get_mut(key)?;
+        let ended = entry.activity.transaction_ended(now, ending)?;
+        self.sites[entry.stats_slot as usize].record_transaction(&ended);
+        Some((entry.clone(), ended))
+    }
+
+    /// A nested transaction (savepoint) ended; only its ending is counted.
+    pub(crate) fn savepoint_ended(&mut self, key: usize, ending: TransactionEnding) {
+        if let Some(entry) = self.outstanding.get(key) {
+            self.sites[entry.stats_slot as usize].record_savepoint(ending);
+        }
+    }
+
+    /// An open transaction was found at recycle that the holder's own
+    /// tracking had not reported: count it against the holder's site.
+    pub(crate) fn record_unreported_open_transaction(
+        &mut self,
+        location: &'static Location<'static>,
+        settings: &Settings,
+    ) {
+        // The recycle hook does not know the holder's span.
+        let slot = self.stats_slot(location, None, settings);
+        self.sites[slot as usize].record_unreported_open_transaction();
     }
 
     pub(crate) fn record_failure(

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::activity::{ActivitySummary, TransactionEnded, TransactionEnding};
 use crate::outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
 use crate::site::CallSite;
-use crate::snapshot::{LatencySummary, SiteSnapshot, SpanSnapshot};
+use crate::snapshot::{DatabaseStats, LatencySummary, SiteSnapshot, SpanSnapshot};
 
 /// Two significant figures (under 1 % error) with auto-resize: a histogram
 /// starts at a few kilobytes and grows only to the largest value seen.
@@ -42,6 +43,7 @@ pub(crate) struct SiteStats {
     pub(crate) hold_total: Duration,
     pub(crate) outcomes: OutcomeCounts,
     pub(crate) failures: FailureCounts,
+    pub(crate) database: DatabaseStats,
     /// Opt-in per-site metric handles.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::export::SiteMetrics>,
@@ -63,6 +65,7 @@ impl SiteStats {
             hold_total: Duration::ZERO,
             outcomes: OutcomeCounts::default(),
             failures: FailureCounts::default(),
+            database: DatabaseStats::default(),
             #[cfg(feature = "metrics")]
             metrics,
         }
@@ -100,6 +103,32 @@ impl SiteStats {
         self.hold_total += held;
     }
 
+    pub(crate) fn record_activity(&mut self, activity: &ActivitySummary) {
+        let db = &mut self.database;
+        db.busy_total += activity.busy;
+        db.open_transaction_at_return += u64::from(activity.open_transaction);
+        db.in_flight_at_drop += u64::from(activity.in_flight);
+    }
+
+    pub(crate) fn record_transaction(&mut self, ended: &TransactionEnded) {
+        self.record_savepoint(ended.ending);
+        self.database.transaction_total += ended.duration;
+        self.database.transaction_idle_total += ended.idle;
+    }
+
+    pub(crate) fn record_savepoint(&mut self, ending: TransactionEnding) {
+        let db = &mut self.database;
+        match ending {
+            TransactionEnding::Committed => db.committed += 1,
+            TransactionEnding::RolledBack => db.rolled_back += 1,
+            TransactionEnding::RolledBackByDrop => db.rolled_back_by_drop += 1,
+        }
+    }
+
+    pub(crate) fn record_unreported_open_transaction(&mut self) {
+        self.database.open_transaction_at_return += 1;
+    }
+
     /// Adds another shard's statistics of the same site.
     pub(crate) fn merge(&mut self, other: &SiteStats) {
         self.checkouts += other.checkouts;
@@ -110,6 +139,7 @@ impl SiteStats {
         self.hold_total += other.hold_total;
         self.outcomes.merge(&other.outcomes);
         self.failures.merge(&other.failures);
+        self.database.merge(&other.database);
     }
 
     /// The wait histogram with the zero waits added back in.
@@ -144,6 +174,7 @@ impl SiteStats {
             hold_total: self.hold_total,
             outcomes: self.outcomes,
             failures: self.failures,
+            database: self.database,
         }
     }
 }

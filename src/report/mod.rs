@@ -52,6 +52,13 @@ use crate::timeline::PressureSample;
 
 pub use verdict::{Evidence, Verdict, VerdictKind};
 
+/// Busy share of the hold; unknown (`None`) when no database call was
+/// timed, i.e. the pool is not a postgres pool used through the
+/// instrumented methods.
+fn busy_ratio(busy: Duration, held: Duration) -> Option<f64> {
+    (!busy.is_zero() && !held.is_zero()).then(|| (busy.as_secs_f64() / held.as_secs_f64()).min(1.0))
+}
+
 /// Milliseconds as `f64`, the unit of durations in reports.
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -232,12 +239,14 @@ impl SiteLine {
             hold_max_ms: ms(s.hold.max),
             wait_p99_ms: ms(s.wait.p99),
             timeouts: s.failures.timeouts,
-            busy_ratio: None,
-            transaction_ms: 0.0,
-            transaction_idle_ms: 0.0,
+            busy_ratio: busy_ratio(s.database.busy_total, s.hold_total),
+            transaction_ms: ms(s.database.transaction_total),
+            transaction_idle_ms: ms(s.database.transaction_idle_total),
             error_paths: ErrorPaths {
                 panicked: s.outcomes.dropped_while_panicking,
-                ..ErrorPaths::default()
+                rolled_back_by_drop: s.database.rolled_back_by_drop,
+                open_transaction_at_return: s.database.open_transaction_at_return,
+                in_flight_at_drop: s.database.in_flight_at_drop,
             },
         }
     }
