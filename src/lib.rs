@@ -73,6 +73,7 @@ mod ledger;
 mod outcome;
 mod pool;
 pub mod report;
+mod sampler;
 mod site;
 mod snapshot;
 mod timeline;
@@ -99,3 +100,16 @@ pub use snapshot::{
     SpanSnapshot,
 };
 pub use timeline::PressureSample;
+
+/// Whether the process-wide timeline sampler thread is running. It starts
+/// with the first pool whose timeline is on
+/// ([`WatchConfig::timeline_tick`]) and exits after the last such pool is
+/// dropped.
+///
+/// ```
+/// // No pool has been created in this example.
+/// assert!(!poolwatch::timeline_sampler_running());
+/// ```
+pub fn timeline_sampler_running() -> bool {
+    sampler::running()
+}

@@ -83,6 +83,7 @@ impl<M: Manager> WatchedPool<M> {
         let weak = pool.weak();
         let status = Box::new(move || weak.upgrade().map(|p| PoolStatus::from(p.status())));
         ledger.settings.set_status_source(status);
+        crate::sampler::register(&ledger);
         Self { pool, ledger }
     }
 

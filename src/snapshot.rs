@@ -202,6 +202,8 @@ pub struct SpanSnapshot {
     pub hold_total: Duration,
     /// How the ended holds ended.
     pub outcomes: OutcomeCounts,
+    /// What the holds did in the database.
+    pub database: DatabaseStats,
 }
 
 /// A latency distribution, from an HDR histogram (under 1 % error).

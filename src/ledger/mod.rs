@@ -422,3 +422,11 @@ type StatsKey = (CallSite, Option<&'static str>);
 fn count_of(counts: &[(StatsKey, u64)], key: &StatsKey) -> u64 {
     counts.iter().find(|(k, _)| k == key).map_or(0, |(_, n)| *n)
 }
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if self.timeline.is_some() {
+            crate::sampler::wake();
+        }
+    }
+}

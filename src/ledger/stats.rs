@@ -160,6 +160,7 @@ impl SiteStats {
             hold: summarize(&self.hold),
             hold_total: self.hold_total,
             outcomes: self.outcomes,
+            database: self.database,
         }
     }
 

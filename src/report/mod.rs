@@ -309,7 +309,7 @@ impl SpanLine {
             connection_secs: s.hold_total.as_secs_f64(),
             hold_p99_ms: ms(s.hold.p99),
             hold_max_ms: ms(s.hold.max),
-            busy_ratio: None,
+            busy_ratio: busy_ratio(s.database.busy_total, s.hold_total),
         }
     }
 }

@@ -11,6 +11,9 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 40.0;
 
+/// A series: name, colour, value of a sample, extra stroke attributes.
+type Series = (&'static str, &'static str, fn(&PressureSample) -> usize, &'static str);
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -85,7 +88,7 @@ pub(super) fn timeline(pool: &str, samples: &[PressureSample]) -> String {
         t0 / 1000.0,
         t1 / 1000.0
     );
-    let series: [(&str, &str, fn(&PressureSample) -> usize, &str); 4] = [
+    let series: [Series; 4] = [
         (
             "max_size",
             "#888888",

@@ -294,7 +294,7 @@ fn concurrency_growth(report: &Report) -> Option<Verdict> {
         ),
     )];
     let mut busiest: Vec<&SiteLine> = report.sites.iter().filter(|s| s.checkouts > 0).collect();
-    busiest.sort_by(|a, b| b.checkouts.cmp(&a.checkouts));
+    busiest.sort_by_key(|s| std::cmp::Reverse(s.checkouts));
     for site in busiest.into_iter().take(3) {
         evidence_list.push(evidence(
             &site.site,

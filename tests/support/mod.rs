@@ -1,3 +1,4 @@
 #![allow(dead_code)]
 pub mod capture;
 pub mod pg;
+pub mod scenarios;
