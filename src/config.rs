@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use crate::errors::ConfigError;
+use crate::stack_mode::StackMode;
 
 /// Environment variable: the pool's name in events and reports.
 pub const ENV_POOL_NAME: &str = "POOLWATCH_POOL_NAME";
@@ -13,12 +14,16 @@ pub const ENV_HOLD_THRESHOLD: &str = "POOLWATCH_HOLD_THRESHOLD";
 pub const ENV_SLOW_ACQUIRE: &str = "POOLWATCH_SLOW_ACQUIRE";
 /// Environment variable: how many distinct call sites get their own statistics.
 pub const ENV_MAX_SITES: &str = "POOLWATCH_MAX_SITES";
+/// Environment variable: which checkouts capture a stack under `leak-report`
+/// (`always`, `off`, `sample:N`, `first:N`); see [`StackMode`].
+pub const ENV_STACKS: &str = "POOLWATCH_STACKS";
 
 const KNOWN_VARIABLES: &[&str] = &[
     ENV_POOL_NAME,
     ENV_HOLD_THRESHOLD,
     ENV_SLOW_ACQUIRE,
     ENV_MAX_SITES,
+    ENV_STACKS,
 ];
 
 /// What poolwatch watches for, per pool.
@@ -32,6 +37,7 @@ const KNOWN_VARIABLES: &[&str] = &[
 /// | [`hold_threshold`](Self::hold_threshold) | 5 s | `POOLWATCH_HOLD_THRESHOLD` |
 /// | [`slow_acquire`](Self::slow_acquire) | 1 s | `POOLWATCH_SLOW_ACQUIRE` |
 /// | [`max_sites`](Self::max_sites) | 256 | `POOLWATCH_MAX_SITES` |
+/// | [`stacks`](Self::stacks) | `always` | `POOLWATCH_STACKS` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -58,6 +64,9 @@ pub struct WatchConfig {
     /// Distinct call sites with statistics of their own; later sites share
     /// the [`CallSite::OVERFLOW`](crate::CallSite::OVERFLOW) bucket, so memory stays bounded.
     pub max_sites: usize,
+    /// Which checkouts capture the stack that acquired them (only with the
+    /// `leak-report` feature; ignored without it).
+    pub stacks: StackMode,
 }
 
 impl Default for WatchConfig {
@@ -67,6 +76,7 @@ impl Default for WatchConfig {
             hold_threshold: Duration::from_secs(5),
             slow_acquire: Duration::from_secs(1),
             max_sites: 256,
+            stacks: StackMode::Always,
         }
     }
 }
@@ -141,6 +151,19 @@ impl WatchConfigBuilder {
         self
     }
 
+    /// Which checkouts capture a stack (`leak-report` feature).
+    ///
+    /// ```
+    /// use poolwatch::{StackMode, WatchConfig};
+    /// let config = WatchConfig::builder().stacks(StackMode::Sample(100)).build()?;
+    /// assert_eq!(config.stacks, StackMode::Sample(100));
+    /// # Ok::<(), poolwatch::ConfigError>(())
+    /// ```
+    pub fn stacks(mut self, mode: StackMode) -> Self {
+        self.config.stacks = mode;
+        self
+    }
+
     /// Applies the `POOLWATCH_*` variables of the process environment.
     /// Settings made after this call override them.
     pub fn with_env(self) -> Result<Self, ConfigError> {
@@ -175,6 +198,7 @@ impl WatchConfigBuilder {
                 ENV_HOLD_THRESHOLD => self.config.hold_threshold = parse_duration(name, value)?,
                 ENV_SLOW_ACQUIRE => self.config.slow_acquire = parse_duration(name, value)?,
                 ENV_MAX_SITES => self.config.max_sites = parse_count(name, value)?,
+                ENV_STACKS => self.config.stacks = parse_stacks(name, value)?,
                 _ if name.starts_with("POOLWATCH_") => {
                     return Err(ConfigError::UnknownVariable {
                         variable: name.to_owned(),
@@ -258,6 +282,10 @@ fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
             format!("{e}; expected a whole number such as 256"),
         )),
     }
+}
+
+fn parse_stacks(variable: &str, value: &str) -> Result<StackMode, ConfigError> {
+    StackMode::parse(value).map_err(|reason| invalid_variable(variable, value, reason))
 }
 
 fn parse_name(variable: &str, value: &str) -> Result<String, ConfigError> {

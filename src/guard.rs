@@ -56,6 +56,15 @@ impl Record {
         if closed.held > settings.hold_threshold() {
             events::held_past_threshold(settings, closed, outcome);
         }
+        #[cfg(feature = "leak-report")]
+        {
+            if closed.flagged {
+                events::returned_after_flagged(settings, closed, outcome);
+            }
+            if outcome == Outcome::Detached {
+                events::detached(settings, closed);
+            }
+        }
     }
 }
 

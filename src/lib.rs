@@ -25,6 +25,19 @@
 //!   (oldest 2s)`;
 //! * WARN when a guard is dropped while its thread panics.
 //!
+//! With the `leak-report` feature (for staging) it also captures the stack
+//! of each checkout ([`StackMode`]) and runs one watchdog thread per process
+//! that reports guards **while they are still held**:
+//!
+//! * WARN when a guard is held past the hold threshold, again at 4× and
+//!   16× (never more), with the pool's status and the acquiring stack;
+//! * INFO when such a flagged guard is returned after all, with its total
+//!   hold;
+//! * ERROR for every guard still held when the pool is closed or its last
+//!   handle dropped (never returned: `mem::forget`, a stuck task, a guard
+//!   kept in a long-lived struct);
+//! * the stack on the panicking-drop WARN, and an INFO for `Guard::take`.
+//!
 //! [`WatchedPool::snapshot`] gives the same data as plain structs.
 //!
 //! ```no_run
@@ -56,7 +69,10 @@
 //! `pool`, `guard` (checkout id), `site` (`file:line:column`), `span` (the
 //! tracing span current at checkout), `waited_ms`, `held_ms`,
 //! `threshold_ms`, `outcome`; acquire failures add `failure`, `error`,
-//! `held`, `max_size`, `waiting` and `holders`.
+//! `held`, `max_size`, `waiting` and `holders`. Under `leak-report`,
+//! `backtrace` (the user's frames of the acquiring stack, poolwatch, runtime
+//! and std frames trimmed and counted), `flag` (escalation level 1–3),
+//! `in_use` and `ending` (`closed` or `dropped`).
 #![deny(missing_docs)]
 
 mod config;
@@ -68,13 +84,20 @@ mod outcome;
 mod pool;
 mod site;
 mod snapshot;
+#[cfg(feature = "leak-report")]
+mod stack;
+mod stack_mode;
+#[cfg(feature = "leak-report")]
+mod watch;
+#[cfg(feature = "leak-report")]
+mod watchdog;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
 pub use config::{
     WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_POOL_NAME,
-    ENV_SLOW_ACQUIRE,
+    ENV_SLOW_ACQUIRE, ENV_STACKS,
 };
 pub use errors::ConfigError;
 pub use events::TARGET;
@@ -83,3 +106,17 @@ pub use outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
 pub use pool::WatchedPool;
 pub use site::{CallSite, SpanInfo};
 pub use snapshot::{LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot};
+pub use stack_mode::StackMode;
+#[cfg(feature = "leak-report")]
+pub use watchdog::watchdog_running;
+
+/// Whether poolwatch's watchdog thread is running: always `false` without
+/// the `leak-report` feature, which is what starts it.
+///
+/// ```
+/// assert!(!poolwatch::watchdog_running());
+/// ```
+#[cfg(not(feature = "leak-report"))]
+pub fn watchdog_running() -> bool {
+    false
+}

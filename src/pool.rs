@@ -15,12 +15,20 @@ use crate::ledger::{Checkout, Ledger};
 use crate::outcome::AcquireFailure;
 use crate::site::{CallSite, SpanInfo};
 use crate::snapshot::{PoolSnapshot, PoolStatus};
+use crate::stack_mode::StackMode;
+#[cfg(feature = "leak-report")]
+use crate::watch::PoolWatch;
 
 /// A deadpool [`Pool`] whose checkouts are recorded: who acquired each
 /// connection, how long they waited, how long they held it and how the hold
 /// ended.
 ///
-/// Cheap to clone (two `Arc`s); clones share the pool and its ledger.
+/// Cheap to clone (two `Arc`s, three with `leak-report`); clones share the
+/// pool and its ledger.
+///
+/// With the `leak-report` feature, the process's watchdog thread watches
+/// the pool for as long as a clone exists; [`close`](Self::close) and
+/// dropping the last clone report every guard still held at ERROR.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -40,6 +48,9 @@ use crate::snapshot::{PoolSnapshot, PoolStatus};
 pub struct WatchedPool<M: Manager> {
     pool: Pool<M>,
     ledger: Arc<Ledger>,
+    /// Shared by the handles only: its `Drop` is the last handle's.
+    #[cfg(feature = "leak-report")]
+    watch: Arc<PoolWatch<M>>,
 }
 
 impl<M: Manager> Clone for WatchedPool<M> {
@@ -47,6 +58,8 @@ impl<M: Manager> Clone for WatchedPool<M> {
         Self {
             pool: self.pool.clone(),
             ledger: Arc::clone(&self.ledger),
+            #[cfg(feature = "leak-report")]
+            watch: Arc::clone(&self.watch),
         }
     }
 }
@@ -62,11 +75,23 @@ impl<M: Manager> fmt::Debug for WatchedPool<M> {
 
 impl<M: Manager> WatchedPool<M> {
     /// Wraps an existing pool. Only checkouts made through the wrapper are
-    /// recorded.
-    pub fn new(pool: Pool<M>, config: WatchConfig) -> Self {
+    /// recorded. With `leak-report`, the watchdog starts watching it.
+    ///
+    /// ```no_run
+    /// # fn demo(pg: deadpool_postgres::Pool) -> Result<(), poolwatch::ConfigError> {
+    /// let pool = poolwatch::WatchedPool::new(pg, poolwatch::WatchConfig::from_env()?);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(pool: Pool<M>, config: WatchConfig) -> Self
+    where
+        M: 'static,
+    {
+        let ledger = Arc::new(Ledger::new(&config));
         Self {
+            #[cfg(feature = "leak-report")]
+            watch: PoolWatch::start(pool.clone(), Arc::clone(&ledger)),
             pool,
-            ledger: Arc::new(Ledger::new(&config)),
+            ledger,
         }
     }
 
@@ -140,6 +165,8 @@ impl<M: Manager> WatchedPool<M> {
             waited,
             acquired_at,
         });
+        #[cfg(feature = "leak-report")]
+        shard.capture_stack(key);
         if waited > self.ledger.settings.slow_acquire() {
             let site = CallSite::from(location);
             events::slow_acquire(&self.ledger.settings, id, site, span, waited);
@@ -211,9 +238,36 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// Changes the hold threshold at runtime; applies to holds that end
-    /// from now on.
+    /// from now on and, with `leak-report`, to the watchdog's next scan.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool) {
+    /// pool.set_hold_threshold(std::time::Duration::from_millis(500));
+    /// # }
+    /// ```
     pub fn set_hold_threshold(&self, threshold: Duration) {
         self.ledger.settings.set_hold_threshold(threshold);
+        #[cfg(feature = "leak-report")]
+        crate::watchdog::wake();
+    }
+
+    /// Which checkouts capture a stack (only with `leak-report`).
+    pub fn stack_mode(&self) -> StackMode {
+        self.ledger.settings.stack_mode()
+    }
+
+    /// Changes which checkouts capture a stack, from the next checkout on.
+    /// Without the `leak-report` feature no stack is ever captured and this
+    /// only changes what [`stack_mode`](Self::stack_mode) returns.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool) {
+    /// use poolwatch::StackMode;
+    /// pool.set_stack_mode(StackMode::Sample(100)); // 1 in 100 per call site
+    /// # }
+    /// ```
+    pub fn set_stack_mode(&self, mode: StackMode) {
+        self.ledger.settings.set_stack_mode(mode);
     }
 
     /// The current slow-acquire threshold.
@@ -237,8 +291,14 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// deadpool's [`Pool::close`]: waiters get [`PoolError::Closed`].
+    ///
+    /// With `leak-report`, every guard still held is then reported at
+    /// ERROR (site, span, age and stack): it was never returned.
     pub fn close(&self) {
         self.pool.close();
+        #[cfg(feature = "leak-report")]
+        self.watch
+            .report_never_returned(crate::events::Ending::Closed);
     }
 
     /// deadpool's [`Pool::is_closed`].

@@ -23,15 +23,21 @@ use crate::config::WatchConfig;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::CallSite;
 use crate::snapshot::{OutstandingGuard, SiteSnapshot};
+use crate::stack_mode::{AtomicStackMode, StackMode};
 
 use shard::ShardState;
 pub(crate) use shard::{Checkout, Closed, Outstanding};
+#[cfg(feature = "leak-report")]
+pub(crate) use shard::{Cutoffs, Flagged};
 use stats::SiteStats;
 
 /// Decides which call sites get statistics of their own (bounded memory).
 pub(crate) struct SiteInterner {
     max_sites: usize,
     known: Mutex<HashSet<CallSite>>,
+    /// Checkouts per site, shared by the shards (`leak-report` sampling).
+    #[cfg(feature = "leak-report")]
+    stack_counters: Mutex<std::collections::HashMap<CallSite, Arc<AtomicU64>>>,
 }
 
 impl SiteInterner {
@@ -46,6 +52,13 @@ impl SiteInterner {
             CallSite::OVERFLOW
         }
     }
+
+    /// The checkout counter of an admitted site (or of the overflow
+    /// bucket). Runs once per site and shard.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn stack_counter(&self, site: CallSite) -> Arc<AtomicU64> {
+        Arc::clone(self.stack_counters.lock().entry(site).or_default())
+    }
 }
 
 /// What every shard needs to read: the pool's name and thresholds.
@@ -53,6 +66,7 @@ pub(crate) struct Settings {
     pub(crate) pool_name: String,
     hold_threshold_ns: AtomicU64,
     slow_acquire_ns: AtomicU64,
+    stacks: AtomicStackMode,
     pub(crate) interner: SiteInterner,
 }
 
@@ -72,6 +86,12 @@ impl Settings {
     }
     pub(crate) fn set_slow_acquire(&self, d: Duration) {
         self.slow_acquire_ns.store(nanos(d), Ordering::Relaxed);
+    }
+    pub(crate) fn stack_mode(&self) -> StackMode {
+        self.stacks.get()
+    }
+    pub(crate) fn set_stack_mode(&self, mode: StackMode) {
+        self.stacks.set(mode);
     }
 }
 
@@ -95,6 +115,21 @@ impl Shard {
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
         self.state.lock().close(key, outcome, now)
     }
+
+    /// Captures the stack of a checkout just opened, if the stack mode
+    /// wants it: the decision under the lock, the capture outside it.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn capture_stack(&self, key: usize) {
+        let wanted = match self.settings.stack_mode() {
+            StackMode::Off => false,
+            StackMode::Always => true,
+            mode => self.state.lock().stack_wanted(key, mode),
+        };
+        if wanted {
+            let stack = crate::stack::capture();
+            self.state.lock().attach_stack(key, stack);
+        }
+    }
 }
 
 pub(crate) struct Ledger {
@@ -115,9 +150,12 @@ impl Ledger {
             pool_name: config.pool_name.clone(),
             hold_threshold_ns: AtomicU64::new(nanos(config.hold_threshold)),
             slow_acquire_ns: AtomicU64::new(nanos(config.slow_acquire)),
+            stacks: AtomicStackMode::new(config.stacks),
             interner: SiteInterner {
                 max_sites: config.max_sites,
                 known: Mutex::new(HashSet::new()),
+                #[cfg(feature = "leak-report")]
+                stack_counters: Mutex::default(),
             },
         });
         // One shard per core (a power of two, at most 16) keeps threads
@@ -164,6 +202,31 @@ impl Ledger {
                 f(entry);
             }
         }
+    }
+
+    /// Flags the guards held past the threshold (at bounded escalation
+    /// levels) since the last scan. Each shard's lock is held for one pass
+    /// over its outstanding table.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_overdue(&self, now: Instant, threshold: Duration) -> Vec<Flagged> {
+        let cutoffs = Cutoffs::new(now, threshold);
+        let mut flagged = Vec::new();
+        for shard in self.shards.iter() {
+            shard.state.lock().flag_overdue(&cutoffs, &mut flagged);
+        }
+        flagged
+    }
+
+    /// Every outstanding guard, marked flagged, oldest first: the
+    /// never-returned report.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_all(&self, now: Instant) -> Vec<Flagged> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            shard.state.lock().flag_all(now, &mut all);
+        }
+        all.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.cmp(&b.id)));
+        all
     }
 
     pub(crate) fn outstanding_count(&self) -> usize {

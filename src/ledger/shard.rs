@@ -5,6 +5,10 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::Location;
+#[cfg(feature = "leak-report")]
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "leak-report")]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -13,6 +17,8 @@ use super::stats::SiteStats;
 use super::SiteInterner;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::{CallSite, SpanInfo};
+#[cfg(feature = "leak-report")]
+use crate::{stack::RawStack, stack_mode::StackMode};
 
 /// A checkout that has not ended yet.
 #[derive(Clone, Debug)]
@@ -23,6 +29,13 @@ pub(crate) struct Outstanding {
     pub(crate) acquired_at: Instant,
     /// Index into [`ShardState::sites`], resolved once at checkout.
     stats_slot: u32,
+    /// How many times the watchdog (or a closing pool) flagged it: 0 to
+    /// [`Cutoffs::LEVELS`].
+    #[cfg(feature = "leak-report")]
+    flagged: u8,
+    /// The stack that acquired it, when one was captured.
+    #[cfg(feature = "leak-report")]
+    stack: Option<RawStack>,
 }
 
 impl Outstanding {
@@ -41,12 +54,77 @@ pub(crate) struct Checkout {
 }
 
 /// What closing a checkout tells the event layer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Closed {
     pub(crate) id: u64,
     pub(crate) site: CallSite,
     pub(crate) span: Option<SpanInfo>,
     pub(crate) held: Duration,
+    /// Whether it had been flagged while held.
+    #[cfg(feature = "leak-report")]
+    pub(crate) flagged: bool,
+    #[cfg(feature = "leak-report")]
+    pub(crate) stack: Option<RawStack>,
+}
+
+/// The instants a scan compares acquire times with, computed once per scan:
+/// a guard acquired before `at[k]` has been held past the threshold times
+/// [`Cutoffs::FACTORS`]`[k]`.
+#[cfg(feature = "leak-report")]
+pub(crate) struct Cutoffs {
+    pub(crate) now: Instant,
+    at: [Option<Instant>; Cutoffs::LEVELS as usize],
+}
+
+#[cfg(feature = "leak-report")]
+impl Cutoffs {
+    /// Bounded escalation: flagged at 1×, 4× and 16× the threshold.
+    pub(crate) const FACTORS: [u32; 3] = [1, 4, 16];
+    pub(crate) const LEVELS: u8 = 3;
+
+    pub(crate) fn new(now: Instant, threshold: Duration) -> Self {
+        let at = Self::FACTORS.map(|k| {
+            threshold
+                .checked_mul(k)
+                .and_then(|held| now.checked_sub(held))
+        });
+        Self { now, at }
+    }
+
+    /// How many levels a guard acquired at `acquired_at` has crossed.
+    fn level_of(&self, acquired_at: Instant) -> u8 {
+        self.at
+            .iter()
+            .take_while(|cutoff| cutoff.is_some_and(|c| acquired_at <= c))
+            .count() as u8
+    }
+}
+
+/// A guard reported while still held, copied out of the ledger.
+#[cfg(feature = "leak-report")]
+#[derive(Clone, Debug)]
+pub(crate) struct Flagged {
+    pub(crate) id: u64,
+    pub(crate) site: CallSite,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) held: Duration,
+    /// 1 to [`Cutoffs::LEVELS`].
+    pub(crate) level: u8,
+    pub(crate) stack: Option<RawStack>,
+}
+
+#[cfg(feature = "leak-report")]
+impl Flagged {
+    fn of(entry: &Outstanding, now: Instant) -> Self {
+        Self {
+            id: entry.id,
+            site: entry.site(),
+            span: entry.span,
+            held: now.saturating_duration_since(entry.acquired_at),
+            level: entry.flagged,
+            stack: entry.stack.clone(),
+        }
+    }
 }
 
 /// A `Location` is `'static` and its address is a fine hash key; the real
@@ -74,6 +152,10 @@ pub(crate) struct ShardState {
     next_seq: u64,
     slot_of_location: HashMap<usize, u32, BuildHasherDefault<AddressHasher>>,
     pub(crate) sites: Vec<SiteStats>,
+    /// Checkouts seen per call site across all shards, parallel to
+    /// `sites`: decides `sample:N` and `first:N` stack capture.
+    #[cfg(feature = "leak-report")]
+    stack_counters: Vec<Arc<AtomicU64>>,
 }
 
 impl ShardState {
@@ -83,6 +165,8 @@ impl ShardState {
             next_seq: 0,
             slot_of_location: HashMap::default(),
             sites: Vec::new(),
+            #[cfg(feature = "leak-report")]
+            stack_counters: Vec::new(),
         }
     }
 
@@ -99,6 +183,8 @@ impl ShardState {
             Some(slot) => slot as u32,
             None => {
                 self.sites.push(SiteStats::new(site));
+                #[cfg(feature = "leak-report")]
+                self.stack_counters.push(interner.stack_counter(site));
                 (self.sites.len() - 1) as u32
             }
         };
@@ -125,6 +211,10 @@ impl ShardState {
             span: checkout.span,
             acquired_at: checkout.acquired_at,
             stats_slot,
+            #[cfg(feature = "leak-report")]
+            flagged: 0,
+            #[cfg(feature = "leak-report")]
+            stack: None,
         });
         (key, id)
     }
@@ -140,7 +230,53 @@ impl ShardState {
             site: entry.site(),
             span: entry.span,
             held,
+            #[cfg(feature = "leak-report")]
+            flagged: entry.flagged > 0,
+            #[cfg(feature = "leak-report")]
+            stack: entry.stack,
         })
+    }
+
+    /// Whether this checkout of its site gets a stack under `mode`
+    /// (counts the checkout for `sample:N` and `first:N`).
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn stack_wanted(&self, key: usize, mode: StackMode) -> bool {
+        let Some(entry) = self.outstanding.get(key) else {
+            return false;
+        };
+        let seen = self.stack_counters[entry.stats_slot as usize].fetch_add(1, Ordering::Relaxed);
+        mode.wants(seen)
+    }
+
+    /// Attaches a stack captured outside the lock.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn attach_stack(&mut self, key: usize, stack: RawStack) {
+        if let Some(entry) = self.outstanding.get_mut(key) {
+            entry.stack = Some(stack);
+        }
+    }
+
+    /// Flags every guard that crossed a new escalation level and copies it
+    /// into `out`. One comparison per guard; stacks are `Arc` clones.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_overdue(&mut self, cutoffs: &Cutoffs, out: &mut Vec<Flagged>) {
+        for (_, entry) in self.outstanding.iter_mut() {
+            let level = cutoffs.level_of(entry.acquired_at);
+            if level > entry.flagged {
+                entry.flagged = level;
+                out.push(Flagged::of(entry, cutoffs.now));
+            }
+        }
+    }
+
+    /// Copies every outstanding guard into `out` for the never-returned
+    /// report, marking each as flagged so its return (if any) says so.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_all(&mut self, now: Instant, out: &mut Vec<Flagged>) {
+        for (_, entry) in self.outstanding.iter_mut() {
+            entry.flagged = entry.flagged.max(1);
+            out.push(Flagged::of(entry, now));
+        }
     }
 
     pub(crate) fn record_failure(
