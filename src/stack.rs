@@ -181,3 +181,51 @@ mod tests {
         assert!(text.contains("trimmed"), "{text}");
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use std::time::Instant;
+
+    #[inline(never)]
+    fn at_depth(depth: usize) -> RawStack {
+        if depth <= 1 {
+            capture()
+        } else {
+            let stack = at_depth(depth - 1);
+            std::hint::black_box(stack)
+        }
+    }
+
+    /// `cargo test --release --features leak-report --lib capture_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn capture_cost() {
+        for depth in [1, 8, 16] {
+            let frames = at_depth(depth).len();
+            let start = Instant::now();
+            for _ in 0..50_000 {
+                std::hint::black_box(at_depth(depth));
+            }
+            println!(
+                "{frames} frames: {:?} per capture",
+                start.elapsed() / 50_000
+            );
+        }
+        let frames = at_depth(16).len();
+        let run = |n: u32| {
+            let start = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(at_depth(16));
+            }
+            start.elapsed() / n
+        };
+        run(10_000);
+        println!("{frames} frames: {:?} per capture, 1 thread", run(100_000));
+        let per_thread: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2).map(|_| s.spawn(|| run(100_000))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        println!("{frames} frames: {per_thread:?} per capture, 2 threads at once");
+    }
+}

@@ -62,6 +62,7 @@ impl StackMode {
 
     /// Whether the `seen`-th checkout of a site (counting from 0) gets a
     /// stack.
+    #[cfg(any(feature = "leak-report", test))]
     pub(crate) fn wants(self, seen: u64) -> bool {
         match self {
             StackMode::Always => true,

@@ -7,7 +7,7 @@
 #![cfg(feature = "leak-report")]
 mod support;
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use poolwatch::{WatchConfig, WatchedPool};
@@ -86,9 +86,9 @@ fn harness() -> &'static (Capture, Gate) {
 }
 
 /// The tests here count process-wide threads: one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 fn watched(name: &str, hold: Duration) -> poolwatch::postgres::Pool {
@@ -121,7 +121,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn one_watchdog_serves_all_pools_and_exits_with_the_last() {
-    let _serial = serial();
+    let _serial = serial().await;
     eventually("no watchdog runs", || watchdog_threads() == 0).await;
     let baseline = watchdog_threads();
     assert!(!poolwatch::watchdog_running());
@@ -159,7 +159,7 @@ async fn one_watchdog_serves_all_pools_and_exits_with_the_last() {
 
 #[tokio::test]
 async fn slow_subscriber_on_the_watchdog_does_not_delay_get() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (capture, gate) = harness();
     let pool = watched("slow-subscriber", ms(50));
     gate.set_closed(true);

@@ -290,3 +290,20 @@ impl ShardState {
         self.sites[slot as usize].record_failure(waited, failure);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The per-guard memory budget: 64 bytes, plus the stack's pointer
+    /// under `leak-report` (the frames themselves live behind it).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn outstanding_entry_stays_small() {
+        let entry = std::mem::size_of::<super::Outstanding>();
+        let budget = if cfg!(feature = "leak-report") {
+            80
+        } else {
+            64
+        };
+        assert!(entry <= budget, "{entry} bytes");
+    }
+}
