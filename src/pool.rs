@@ -252,6 +252,12 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// Which checkouts capture a stack (only with `leak-report`).
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool) {
+    /// println!("stacks: {}", pool.stack_mode()); // e.g. "sample:100"
+    /// # }
+    /// ```
     pub fn stack_mode(&self) -> StackMode {
         self.ledger.settings.stack_mode()
     }
@@ -327,7 +333,13 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// Unwraps the pool (for code that takes a `deadpool` pool by value).
+    /// The pool stays open, so when this was the last handle its guards
+    /// still held are not reported as never returned.
     pub fn into_inner(self) -> Pool<M> {
+        #[cfg(feature = "leak-report")]
+        if Arc::strong_count(&self.watch) == 1 {
+            self.watch.skip_final_report();
+        }
         self.pool
     }
 }

@@ -48,6 +48,14 @@ impl<M: Manager> PoolWatch<M> {
     }
 }
 
+impl<M: Manager> PoolWatch<M> {
+    /// The pool lives on outside poolwatch (`into_inner`): its guards still
+    /// held are not "never returned".
+    pub(crate) fn skip_final_report(&self) {
+        self.reported.store(true, Ordering::Relaxed);
+    }
+}
+
 impl<M: Manager> Watched for PoolWatch<M> {
     fn hold_threshold(&self) -> Duration {
         self.ledger.settings.hold_threshold()

@@ -377,3 +377,14 @@ async fn reported_stack_shows_the_callers_frame_first() {
     assert!(!backtrace.contains("poolwatch::"), "{backtrace}");
     assert!(backtrace.contains("frames trimmed"), "{backtrace}");
 }
+
+#[tokio::test]
+async fn into_inner_of_the_last_handle_is_not_a_leak_report() {
+    let pool = watched("unwrapped", Duration::from_secs(60));
+    let guard = pool.get().await.unwrap();
+    let inner = pool.into_inner();
+    tokio::time::sleep(ms(50)).await;
+    assert!(events("unwrapped", NEVER_RETURNED).is_empty());
+    drop(guard);
+    assert_eq!(inner.status().available, 1);
+}
