@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use crate::errors::ConfigError;
+use crate::stack_mode::StackMode;
 
 /// Environment variable: the pool's name in events and reports.
 pub const ENV_POOL_NAME: &str = "POOLWATCH_POOL_NAME";
@@ -19,6 +20,9 @@ pub const ENV_TIMELINE_TICK: &str = "POOLWATCH_TIMELINE_TICK";
 pub const ENV_TIMELINE_WINDOW: &str = "POOLWATCH_TIMELINE_WINDOW";
 /// Environment variable: how many call sites get a metrics label (`0` = none).
 pub const ENV_METRICS_SITE_LABELS: &str = "POOLWATCH_METRICS_SITE_LABELS";
+/// Environment variable: which checkouts capture a stack under `leak-report`
+/// (`always`, `off`, `sample:N`, `first:N`); see [`StackMode`].
+pub const ENV_STACKS: &str = "POOLWATCH_STACKS";
 
 const KNOWN_VARIABLES: &[&str] = &[
     ENV_POOL_NAME,
@@ -28,6 +32,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     ENV_METRICS_SITE_LABELS,
     ENV_TIMELINE_TICK,
     ENV_TIMELINE_WINDOW,
+    ENV_STACKS,
 ];
 
 /// What poolwatch watches for, per pool.
@@ -44,6 +49,7 @@ const KNOWN_VARIABLES: &[&str] = &[
 /// | [`metrics_site_labels`](Self::metrics_site_labels) | 0 | `POOLWATCH_METRICS_SITE_LABELS` |
 /// | [`timeline_tick`](Self::timeline_tick) | 1 s | `POOLWATCH_TIMELINE_TICK` (`off` disables) |
 /// | [`timeline_window`](Self::timeline_window) | 15 min | `POOLWATCH_TIMELINE_WINDOW` |
+/// | [`stacks`](Self::stacks) | `always` | `POOLWATCH_STACKS` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -79,6 +85,9 @@ pub struct WatchConfig {
     /// How much pressure timeline is kept (a ring buffer of
     /// `window / tick` samples).
     pub timeline_window: Duration,
+    /// Which checkouts capture the stack that acquired them (only with the
+    /// `leak-report` feature; ignored without it).
+    pub stacks: StackMode,
 }
 
 impl Default for WatchConfig {
@@ -91,6 +100,7 @@ impl Default for WatchConfig {
             metrics_site_labels: 0,
             timeline_tick: Some(Duration::from_secs(1)),
             timeline_window: Duration::from_secs(15 * 60),
+            stacks: StackMode::Always,
         }
     }
 }
@@ -183,6 +193,19 @@ impl WatchConfigBuilder {
         self
     }
 
+    /// Which checkouts capture a stack (`leak-report` feature).
+    ///
+    /// ```
+    /// use poolwatch::{StackMode, WatchConfig};
+    /// let config = WatchConfig::builder().stacks(StackMode::Sample(100)).build()?;
+    /// assert_eq!(config.stacks, StackMode::Sample(100));
+    /// # Ok::<(), poolwatch::ConfigError>(())
+    /// ```
+    pub fn stacks(mut self, mode: StackMode) -> Self {
+        self.config.stacks = mode;
+        self
+    }
+
     /// Applies the `POOLWATCH_*` variables of the process environment.
     /// Settings made after this call override them.
     pub fn with_env(self) -> Result<Self, ConfigError> {
@@ -227,6 +250,7 @@ impl WatchConfigBuilder {
                 ENV_METRICS_SITE_LABELS => {
                     self.config.metrics_site_labels = parse_count_or_zero(name, value)?
                 }
+                ENV_STACKS => self.config.stacks = parse_stacks(name, value)?,
                 _ if name.starts_with("POOLWATCH_") => {
                     return Err(ConfigError::UnknownVariable {
                         variable: name.to_owned(),
@@ -334,6 +358,10 @@ fn parse_count_or_zero(variable: &str, value: &str) -> Result<usize, ConfigError
             format!("{e}; expected a whole number such as 0 or 20"),
         )
     })
+}
+
+fn parse_stacks(variable: &str, value: &str) -> Result<StackMode, ConfigError> {
+    StackMode::parse(value).map_err(|reason| invalid_variable(variable, value, reason))
 }
 
 fn parse_name(variable: &str, value: &str) -> Result<String, ConfigError> {

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::ledger::activity::{TransactionEnded, TransactionEnding};
 use crate::ledger::connections::LastHolder;
+#[cfg(feature = "leak-report")]
+use crate::ledger::Flagged;
 use crate::ledger::{Closed, Ledger, Outstanding, Settings};
 use crate::outcome::{AcquireFailure, Outcome};
-use crate::site::{CallSite, SpanInfo};
+use crate::site::{CallSite, SpanInfo, SpanRef};
 use crate::snapshot::PoolStatus;
 
 /// The tracing target of every poolwatch event.
@@ -62,8 +64,8 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
             site = %closed.site,
             span = %SpanName(closed.span),
             held_ms = millis(closed.held),
-            busy_ms = millis(closed.activity.busy),
-            backend_pid = closed.activity.backend_pid,
+            busy_ms = millis(closed.activity().busy),
+            backend_pid = closed.activity().backend_pid,
             threshold_ms = millis(threshold),
             outcome = outcome.as_str(),
             in_use = status.in_use(),
@@ -77,9 +79,22 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
     });
 }
 
+/// The `backtrace` field of a closed record: the symbolised stack, when
+/// `leak-report` captured one.
+fn closed_backtrace(closed: &Closed) -> Option<String> {
+    #[cfg(feature = "leak-report")]
+    return crate::stack::render_opt(closed.stack.as_ref());
+    #[cfg(not(feature = "leak-report"))]
+    {
+        let _ = closed;
+        None
+    }
+}
+
 /// A guard was dropped while its thread was panicking.
 pub(crate) fn dropped_while_panicking(settings: &Settings, closed: &Closed) {
     guarded(|| {
+        let backtrace = closed_backtrace(closed);
         tracing::warn!(
             target: TARGET,
             pool = %settings.pool_name,
@@ -87,9 +102,10 @@ pub(crate) fn dropped_while_panicking(settings: &Settings, closed: &Closed) {
             site = %closed.site,
             span = %SpanName(closed.span),
             held_ms = millis(closed.held),
-            busy_ms = millis(closed.activity.busy),
-            backend_pid = closed.activity.backend_pid,
+            busy_ms = millis(closed.activity().busy),
+            backend_pid = closed.activity().backend_pid,
             outcome = Outcome::DroppedWhilePanicking.as_str(),
+            backtrace = backtrace.as_deref(),
             "connection from {} dropped while panicking after {}",
             closed.site,
             human(closed.held),
@@ -220,7 +236,7 @@ pub(crate) fn acquire_failed(settings: &Settings, failed: &FailedAcquire<'_>) {
 /// What the guard did with the connection that the next caller must not
 /// inherit: a call still in flight, an open transaction.
 pub(crate) fn database_findings(settings: &Settings, closed: &Closed) {
-    let activity = &closed.activity;
+    let activity = closed.activity();
     if !(activity.in_flight || activity.open_transaction) {
         return;
     }
@@ -283,7 +299,7 @@ pub(crate) fn transaction_ended(
 ) {
     let site = entry.site();
     let transaction_site = CallSite::from(ended.site);
-    let statement = entry.activity.last_statement.to_display();
+    let statement = entry.activity().last_statement.to_display();
     let statement = statement.as_deref().unwrap_or("");
     guarded(|| {
         if ended.ending == TransactionEnding::RolledBackByDrop {
@@ -293,10 +309,10 @@ pub(crate) fn transaction_ended(
                 guard = entry.id,
                 site = %site,
                 transaction_site = %transaction_site,
-                span = %SpanName(entry.span),
+                span = %SpanName(entry.span.map(SpanRef::info)),
                 transaction_ms = millis(ended.duration),
                 idle_in_transaction_ms = millis(ended.idle),
-                backend_pid = entry.activity.backend_pid,
+                backend_pid = entry.activity().backend_pid,
                 statement,
                 ending = ended.ending.as_str(),
                 "transaction begun at {} was dropped without commit or rollback after {} \
@@ -312,10 +328,10 @@ pub(crate) fn transaction_ended(
                 guard = entry.id,
                 site = %site,
                 transaction_site = %transaction_site,
-                span = %SpanName(entry.span),
+                span = %SpanName(entry.span.map(SpanRef::info)),
                 transaction_ms = millis(ended.duration),
                 idle_in_transaction_ms = millis(ended.idle),
-                backend_pid = entry.activity.backend_pid,
+                backend_pid = entry.activity().backend_pid,
                 ending = ended.ending.as_str(),
                 "transaction begun at {} {} after {} ({} idle)",
                 transaction_site,
@@ -367,5 +383,152 @@ pub(crate) fn open_transaction_at_recycle(
                 action,
             );
         }
+    });
+}
+
+/// The watchdog found a guard held past the threshold (times the
+/// escalation factor of `flagged.level`) and not yet returned.
+#[cfg(feature = "leak-report")]
+pub(crate) fn still_held(
+    settings: &Settings,
+    flagged: &Flagged,
+    threshold: Duration,
+    status: PoolStatus,
+) {
+    guarded(|| {
+        if !tracing::enabled!(target: TARGET, tracing::Level::WARN) {
+            return; // nobody listens: skip the symbolisation
+        }
+        let backtrace = crate::stack::render_opt(flagged.stack.as_ref());
+        tracing::warn!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard = flagged.id,
+            site = %flagged.site,
+            span = %SpanName(flagged.span),
+            held_ms = millis(flagged.held),
+            threshold_ms = millis(threshold),
+            flag = flagged.level,
+            in_use = status.in_use(),
+            max_size = status.max_size,
+            waiting = status.waiting,
+            backtrace = backtrace.as_deref(),
+            "connection from {} still held after {} (threshold {}); pool {}: {}/{} in use, {} waiting",
+            flagged.site,
+            human(flagged.held),
+            human(threshold),
+            settings.pool_name,
+            status.in_use(),
+            status.max_size,
+            status.waiting,
+        );
+    });
+}
+
+/// A guard the watchdog had flagged was returned after all ("unleaked").
+#[cfg(feature = "leak-report")]
+pub(crate) fn returned_after_flagged(settings: &Settings, closed: &Closed, outcome: Outcome) {
+    guarded(|| {
+        tracing::info!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard = closed.id,
+            site = %closed.site,
+            span = %SpanName(closed.span),
+            held_ms = millis(closed.held),
+            outcome = outcome.as_str(),
+            "connection from {} returned after being flagged; held {} in total",
+            closed.site,
+            human(closed.held),
+        );
+    });
+}
+
+/// A guard was detached from the pool with `Guard::take`.
+#[cfg(feature = "leak-report")]
+pub(crate) fn detached(settings: &Settings, closed: &Closed) {
+    guarded(|| {
+        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            return;
+        }
+        let backtrace = closed_backtrace(closed);
+        tracing::info!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard = closed.id,
+            site = %closed.site,
+            span = %SpanName(closed.span),
+            held_ms = millis(closed.held),
+            outcome = Outcome::Detached.as_str(),
+            backtrace = backtrace.as_deref(),
+            "connection from {} detached from the pool after {}",
+            closed.site,
+            human(closed.held),
+        );
+    });
+}
+
+/// Why a never-returned report was made.
+#[cfg(feature = "leak-report")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// `WatchedPool::close`.
+    Closed,
+    /// The last `WatchedPool` handle was dropped.
+    Dropped,
+}
+
+#[cfg(feature = "leak-report")]
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Closed => "closed",
+            Ending::Dropped => "dropped",
+        }
+    }
+    fn describe(self) -> &'static str {
+        match self {
+            Ending::Closed => "the pool was closed",
+            Ending::Dropped => "the last pool handle was dropped",
+        }
+    }
+}
+
+/// A guard still held when its pool closed or was dropped: it was never
+/// returned.
+#[cfg(feature = "leak-report")]
+pub(crate) fn never_returned(settings: &Settings, flagged: &Flagged, ending: Ending) {
+    guarded(|| {
+        let backtrace = if tracing::enabled!(target: TARGET, tracing::Level::ERROR) {
+            crate::stack::render_opt(flagged.stack.as_ref())
+        } else {
+            None
+        };
+        tracing::error!(
+            target: TARGET,
+            pool = %settings.pool_name,
+            guard = flagged.id,
+            site = %flagged.site,
+            span = %SpanName(flagged.span),
+            held_ms = millis(flagged.held),
+            ending = ending.as_str(),
+            backtrace = backtrace.as_deref(),
+            "connection from {} never returned: still held after {} when {}",
+            flagged.site,
+            human(flagged.held),
+            ending.describe(),
+        );
+    });
+}
+
+/// The watchdog thread could not be started.
+#[cfg(feature = "leak-report")]
+pub(crate) fn watchdog_unavailable(error: &std::io::Error) {
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            error = %error,
+            "poolwatch could not start its watchdog thread; guards are reported only when returned",
+        );
     });
 }

@@ -68,6 +68,15 @@ impl Record {
             events::held_past_threshold(settings, closed, outcome);
         }
         events::database_findings(settings, closed);
+        #[cfg(feature = "leak-report")]
+        {
+            if closed.flagged {
+                events::returned_after_flagged(settings, closed, outcome);
+            }
+            if outcome == Outcome::Detached {
+                events::detached(settings, closed);
+            }
+        }
     }
 }
 

@@ -25,6 +25,19 @@
 //!   (oldest 2s)`;
 //! * WARN when a guard is dropped while its thread panics.
 //!
+//! With the `leak-report` feature (for staging) it also captures the stack
+//! of each checkout ([`StackMode`]) and runs one watchdog thread per process
+//! that reports guards **while they are still held**:
+//!
+//! * WARN when a guard is held past the hold threshold, again at 4× and
+//!   16× (never more), with the pool's status and the acquiring stack;
+//! * INFO when such a flagged guard is returned after all, with its total
+//!   hold;
+//! * ERROR for every guard still held when the pool is closed or its last
+//!   handle dropped (never returned: `mem::forget`, a stuck task, a guard
+//!   kept in a long-lived struct);
+//! * the stack on the panicking-drop WARN, and an INFO for `Guard::take`.
+//!
 //! [`WatchedPool::snapshot`] gives the same data as plain structs.
 //!
 //! ```no_run
@@ -60,6 +73,10 @@
 //! [`postgres`] pool add `busy_ms` (time inside database calls),
 //! `backend_pid` (join with `pg_stat_activity.pid`), `statement` (last SQL
 //! text, bounded, never parameters), `transaction_site`, `action`.
+//! Under `leak-report`,
+//! `backtrace` (the user's frames of the acquiring stack, poolwatch, runtime
+//! and std frames trimmed and counted), `flag` (escalation level 1–3),
+//! `in_use` and `ending` (`closed` or `dropped`).
 #![deny(missing_docs)]
 // The database-activity parts of the ledger are driven by the `postgres`
 // integration only.
@@ -76,7 +93,14 @@ pub mod report;
 mod sampler;
 mod site;
 mod snapshot;
+#[cfg(feature = "leak-report")]
+mod stack;
+mod stack_mode;
 mod timeline;
+#[cfg(feature = "leak-report")]
+mod watch;
+#[cfg(feature = "leak-report")]
+mod watchdog;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -86,7 +110,7 @@ pub mod export;
 
 pub use config::{
     WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_METRICS_SITE_LABELS,
-    ENV_POOL_NAME, ENV_SLOW_ACQUIRE, ENV_TIMELINE_TICK, ENV_TIMELINE_WINDOW,
+    ENV_POOL_NAME, ENV_SLOW_ACQUIRE, ENV_STACKS, ENV_TIMELINE_TICK, ENV_TIMELINE_WINDOW,
 };
 pub use errors::ConfigError;
 pub use events::TARGET;
@@ -112,4 +136,19 @@ pub use timeline::PressureSample;
 /// ```
 pub fn timeline_sampler_running() -> bool {
     sampler::running()
+}
+
+pub use stack_mode::StackMode;
+#[cfg(feature = "leak-report")]
+pub use watchdog::watchdog_running;
+
+/// Whether poolwatch's watchdog thread is running: always `false` without
+/// the `leak-report` feature, which is what starts it.
+///
+/// ```
+/// assert!(!poolwatch::watchdog_running());
+/// ```
+#[cfg(not(feature = "leak-report"))]
+pub fn watchdog_running() -> bool {
+    false
 }

@@ -15,14 +15,22 @@ use crate::guard::Guard;
 use crate::ledger::{Checkout, Ledger};
 use crate::outcome::AcquireFailure;
 use crate::report::Report;
-use crate::site::{CallSite, SpanInfo};
+use crate::site::{CallSite, SpanInfo, SpanRef};
 use crate::snapshot::{PoolSnapshot, PoolStatus};
+use crate::stack_mode::StackMode;
+#[cfg(feature = "leak-report")]
+use crate::watch::PoolWatch;
 
 /// A deadpool [`Pool`] whose checkouts are recorded: who acquired each
 /// connection, how long they waited, how long they held it and how the hold
 /// ended.
 ///
-/// Cheap to clone (two `Arc`s); clones share the pool and its ledger.
+/// Cheap to clone (two `Arc`s, three with `leak-report`); clones share the
+/// pool and its ledger.
+///
+/// With the `leak-report` feature, the process's watchdog thread watches
+/// the pool for as long as a clone exists; [`close`](Self::close) and
+/// dropping the last clone report every guard still held at ERROR.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -42,6 +50,9 @@ use crate::snapshot::{PoolSnapshot, PoolStatus};
 pub struct WatchedPool<M: Manager> {
     pool: Pool<M>,
     ledger: Arc<Ledger>,
+    /// Shared by the handles only: its `Drop` is the last handle's.
+    #[cfg(feature = "leak-report")]
+    watch: Arc<PoolWatch<M>>,
 }
 
 impl<M: Manager> Clone for WatchedPool<M> {
@@ -49,6 +60,8 @@ impl<M: Manager> Clone for WatchedPool<M> {
         Self {
             pool: self.pool.clone(),
             ledger: Arc::clone(&self.ledger),
+            #[cfg(feature = "leak-report")]
+            watch: Arc::clone(&self.watch),
         }
     }
 }
@@ -64,7 +77,13 @@ impl<M: Manager> fmt::Debug for WatchedPool<M> {
 
 impl<M: Manager> WatchedPool<M> {
     /// Wraps an existing pool. Only checkouts made through the wrapper are
-    /// recorded.
+    /// recorded. With `leak-report`, the watchdog starts watching it.
+    ///
+    /// ```no_run
+    /// # fn demo(pg: deadpool_postgres::Pool) -> Result<(), poolwatch::ConfigError> {
+    /// let pool = poolwatch::WatchedPool::new(pg, poolwatch::WatchConfig::from_env()?);
+    /// # Ok(()) }
+    /// ```
     pub fn new(pool: Pool<M>, config: WatchConfig) -> Self
     where
         M: 'static,
@@ -84,7 +103,12 @@ impl<M: Manager> WatchedPool<M> {
         let status = Box::new(move || weak.upgrade().map(|p| PoolStatus::from(p.status())));
         ledger.settings.set_status_source(status);
         crate::sampler::register(&ledger);
-        Self { pool, ledger }
+        Self {
+            #[cfg(feature = "leak-report")]
+            watch: PoolWatch::start(pool.clone(), Arc::clone(&ledger)),
+            pool,
+            ledger,
+        }
     }
 
     /// Checks out a connection, like deadpool's [`Pool::get`], recording the
@@ -135,7 +159,7 @@ impl<M: Manager> WatchedPool<M> {
         timeouts: Option<Timeouts>,
     ) -> Result<Guard<M>, PoolError<M::Error>> {
         let timeouts = timeouts.unwrap_or_else(|| self.pool.timeouts());
-        let span = SpanInfo::current();
+        let span = SpanRef::current();
         let mut acquire = pin!(self.pool.timeout_get(&timeouts));
         // The clock is read only if the acquire has to wait: an acquire that
         // completes on its first poll waited for nothing (and on a warm pool
@@ -153,7 +177,7 @@ impl<M: Manager> WatchedPool<M> {
             Ok(object) => object,
             Err(error) => {
                 let waited = waiting_since.map_or(Duration::ZERO, |since| since.elapsed());
-                self.acquire_failed(location, span, waited, &error);
+                self.acquire_failed(location, span.map(SpanRef::info), waited, &error);
                 return Err(error);
             }
         };
@@ -177,9 +201,17 @@ impl<M: Manager> WatchedPool<M> {
             metrics.on_checkout(waited);
             metrics.set_status(self.pool.status().into());
         }
+        #[cfg(feature = "leak-report")]
+        shard.capture_stack(key);
         if self.ledger.settings.exceeds_slow_acquire(waited) {
             let site = CallSite::from(location);
-            events::slow_acquire(&self.ledger.settings, id, site, span, waited);
+            events::slow_acquire(
+                &self.ledger.settings,
+                id,
+                site,
+                span.map(SpanRef::info),
+                waited,
+            );
         }
         Ok(Guard::new(object, Arc::clone(shard), key, id))
     }
@@ -298,9 +330,42 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// Changes the hold threshold at runtime; applies to holds that end
-    /// from now on.
+    /// from now on and, with `leak-report`, to the watchdog's next scan.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool) {
+    /// pool.set_hold_threshold(std::time::Duration::from_millis(500));
+    /// # }
+    /// ```
     pub fn set_hold_threshold(&self, threshold: Duration) {
         self.ledger.settings.set_hold_threshold(threshold);
+        #[cfg(feature = "leak-report")]
+        crate::watchdog::wake();
+    }
+
+    /// Which checkouts capture a stack (only with `leak-report`).
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool) {
+    /// println!("stacks: {}", pool.stack_mode()); // e.g. "sample:100"
+    /// # }
+    /// ```
+    pub fn stack_mode(&self) -> StackMode {
+        self.ledger.settings.stack_mode()
+    }
+
+    /// Changes which checkouts capture a stack, from the next checkout on.
+    /// Without the `leak-report` feature no stack is ever captured and this
+    /// only changes what [`stack_mode`](Self::stack_mode) returns.
+    ///
+    /// ```no_run
+    /// # fn demo(pool: poolwatch::postgres::Pool) {
+    /// use poolwatch::StackMode;
+    /// pool.set_stack_mode(StackMode::Sample(100)); // 1 in 100 per call site
+    /// # }
+    /// ```
+    pub fn set_stack_mode(&self, mode: StackMode) {
+        self.ledger.settings.set_stack_mode(mode);
     }
 
     /// The current slow-acquire threshold.
@@ -324,8 +389,14 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// deadpool's [`Pool::close`]: waiters get [`PoolError::Closed`].
+    ///
+    /// With `leak-report`, every guard still held is then reported at
+    /// ERROR (site, span, age and stack): it was never returned.
     pub fn close(&self) {
         self.pool.close();
+        #[cfg(feature = "leak-report")]
+        self.watch
+            .report_never_returned(crate::events::Ending::Closed);
     }
 
     /// deadpool's [`Pool::is_closed`].
@@ -354,7 +425,13 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// Unwraps the pool (for code that takes a `deadpool` pool by value).
+    /// The pool stays open, so when this was the last handle its guards
+    /// still held are not reported as never returned.
     pub fn into_inner(self) -> Pool<M> {
+        #[cfg(feature = "leak-report")]
+        if Arc::strong_count(&self.watch) == 1 {
+            self.watch.skip_final_report();
+        }
         self.pool
     }
 }

@@ -105,3 +105,33 @@ impl fmt::Display for SpanInfo {
         write!(f, "{}#{}", self.name, self.id)
     }
 }
+
+/// [`SpanInfo`] in 16 bytes (a `NonZeroU64` and a metadata reference), as
+/// the ledger keeps it per outstanding guard.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanRef {
+    id: std::num::NonZeroU64,
+    metadata: &'static tracing::Metadata<'static>,
+}
+
+impl SpanRef {
+    /// The span the current thread is in, if any.
+    pub(crate) fn current() -> Option<SpanRef> {
+        tracing::dispatcher::get_default(|dispatch| {
+            dispatch
+                .current_span()
+                .into_inner()
+                .map(|(id, metadata)| SpanRef {
+                    id: id.into_non_zero_u64(),
+                    metadata,
+                })
+        })
+    }
+
+    pub(crate) fn info(self) -> SpanInfo {
+        SpanInfo {
+            name: self.metadata.name(),
+            id: self.id.get(),
+        }
+    }
+}

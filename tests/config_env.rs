@@ -118,3 +118,40 @@ fn process_environment_is_read_and_checked() {
     std::env::remove_var("POOLWATCH_HOLD_THRESHOLD");
     std::env::remove_var("POOLWATCH_POOL_NAME");
 }
+
+#[test]
+fn stacks_variable_sets_the_stack_mode() {
+    use poolwatch::StackMode;
+    for (value, mode) in [
+        ("always", StackMode::Always),
+        ("off", StackMode::Off),
+        ("sample:100", StackMode::Sample(100)),
+        (" FIRST:5 ", StackMode::First(5)),
+    ] {
+        let config = WatchConfig::from_vars([("POOLWATCH_STACKS", value)]).unwrap();
+        assert_eq!(config.stacks, mode, "{value}");
+    }
+    assert_eq!(WatchConfig::default().stacks, StackMode::Always);
+}
+
+#[test]
+fn bad_stacks_value_names_variable_and_value() {
+    for value in ["sometimes", "sample:0", "sample:", "first:many", "always:3"] {
+        let error = invalid("POOLWATCH_STACKS", value);
+        match &error {
+            ConfigError::InvalidVariable {
+                variable,
+                value: given,
+                ..
+            } => {
+                assert_eq!(variable, "POOLWATCH_STACKS");
+                assert_eq!(given, value);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let message = error.to_string();
+        assert!(message.contains("POOLWATCH_STACKS"), "{message}");
+        assert!(message.contains(&format!("{value:?}")), "{message}");
+        assert!(message.contains("sample:N"), "{message}");
+    }
+}

@@ -240,6 +240,18 @@ pub(crate) struct ActivitySummary {
     pub(crate) connection: usize,
 }
 
+impl ActivitySummary {
+    pub(crate) const IDLE: ActivitySummary = ActivitySummary {
+        busy: Duration::ZERO,
+        in_flight: false,
+        open_transaction: false,
+        transaction_site: None,
+        last_statement: StatementText::EMPTY,
+        backend_pid: None,
+        connection: 0,
+    };
+}
+
 /// What a SQL text does to the transaction state, judged by the first
 /// keyword of each `;`-separated statement (the last one that matters
 /// wins): `Some(true)` opens one, `Some(false)` ends it. A heuristic for

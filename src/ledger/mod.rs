@@ -23,14 +23,17 @@ use parking_lot::Mutex;
 
 use crate::config::WatchConfig;
 use crate::outcome::{AcquireFailure, Outcome};
-use crate::site::{CallSite, SpanInfo};
+use crate::site::{CallSite, SpanInfo, SpanRef};
 use crate::snapshot::{OutstandingGuard, PoolStatus, SiteSnapshot, SpanSnapshot};
+use crate::stack_mode::{AtomicStackMode, StackMode};
 use crate::timeline::Timeline;
 
 use activity::TransactionEnding;
 use connections::{Connections, LastHolder};
 use shard::ShardState;
 pub(crate) use shard::{Checkout, Closed, Outstanding};
+#[cfg(feature = "leak-report")]
+pub(crate) use shard::{Cutoffs, Flagged};
 use stats::SiteStats;
 
 /// Decides which call sites get statistics of their own (bounded memory).
@@ -38,6 +41,9 @@ pub(crate) struct SiteInterner {
     max_sites: usize,
     /// Each admitted site with its rank (order of first sight).
     known: Mutex<HashMap<CallSite, usize>>,
+    /// Checkouts per site, shared by the shards (`leak-report` sampling).
+    #[cfg(feature = "leak-report")]
+    stack_counters: Mutex<std::collections::HashMap<CallSite, Arc<AtomicU64>>>,
 }
 
 impl SiteInterner {
@@ -65,6 +71,13 @@ impl SiteInterner {
             CallSite::OVERFLOW
         }
     }
+
+    /// The checkout counter of an admitted site (or of the overflow
+    /// bucket). Runs once per site and shard.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn stack_counter(&self, site: CallSite) -> Arc<AtomicU64> {
+        Arc::clone(self.stack_counters.lock().entry(site).or_default())
+    }
 }
 
 /// Reads the wrapped pool's status without knowing its manager type.
@@ -75,6 +88,7 @@ pub(crate) struct Settings {
     pub(crate) pool_name: String,
     hold_threshold_ns: AtomicU64,
     slow_acquire_ns: AtomicU64,
+    stacks: AtomicStackMode,
     pub(crate) interner: SiteInterner,
     /// Set once the pool exists (the ledger may be made first, for hooks).
     status: OnceLock<StatusSource>,
@@ -125,6 +139,12 @@ impl Settings {
     pub(crate) fn set_slow_acquire(&self, d: Duration) {
         self.slow_acquire_ns.store(nanos(d), Ordering::Relaxed);
     }
+    pub(crate) fn stack_mode(&self) -> StackMode {
+        self.stacks.get()
+    }
+    pub(crate) fn set_stack_mode(&self, mode: StackMode) {
+        self.stacks.set(mode);
+    }
 }
 
 /// One lock's worth of the ledger. Guards keep an `Arc` of their shard, so
@@ -145,13 +165,15 @@ impl Shard {
 
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
         let mut closed = self.state.lock().close(key, outcome, now)?;
-        let activity = &closed.activity;
+        let Some(activity) = closed.activity.as_deref() else {
+            return Some(closed); // no database call: nothing to decide
+        };
         let evict_open = self
             .settings
             .evict_open_transactions
             .load(Ordering::Relaxed);
-        closed.evict = activity.in_flight || (activity.open_transaction && evict_open);
-        if activity.connection != 0 && !closed.evict {
+        let evict = activity.in_flight || (activity.open_transaction && evict_open);
+        if activity.connection != 0 && !evict {
             let holder = LastHolder {
                 guard: closed.id,
                 location: closed.location,
@@ -161,6 +183,7 @@ impl Shard {
                 .connections
                 .returned(activity.connection, holder);
         }
+        closed.evict = evict;
         Some(closed)
     }
 
@@ -202,6 +225,21 @@ impl Shard {
     pub(crate) fn savepoint_ended(&self, key: usize, ending: TransactionEnding) {
         self.state.lock().savepoint_ended(key, ending);
     }
+
+    /// Captures the stack of a checkout just opened, if the stack mode
+    /// wants it: the decision under the lock, the capture outside it.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn capture_stack(&self, key: usize) {
+        let wanted = match self.settings.stack_mode() {
+            StackMode::Off => false,
+            StackMode::Always => true,
+            mode => self.state.lock().stack_wanted(key, mode),
+        };
+        if wanted {
+            let stack = crate::stack::capture();
+            self.state.lock().attach_stack(key, stack);
+        }
+    }
 }
 
 pub(crate) struct Ledger {
@@ -224,9 +262,12 @@ impl Ledger {
             pool_name: config.pool_name.clone(),
             hold_threshold_ns: AtomicU64::new(nanos(config.hold_threshold)),
             slow_acquire_ns: AtomicU64::new(nanos(config.slow_acquire)),
+            stacks: AtomicStackMode::new(config.stacks),
             interner: SiteInterner {
                 max_sites: config.max_sites,
                 known: Mutex::new(HashMap::new()),
+                #[cfg(feature = "leak-report")]
+                stack_counters: Mutex::default(),
             },
             status: OnceLock::new(),
             #[cfg(feature = "metrics")]
@@ -325,6 +366,31 @@ impl Ledger {
         }
     }
 
+    /// Flags the guards held past the threshold (at bounded escalation
+    /// levels) since the last scan. Each shard's lock is held for one pass
+    /// over its outstanding table.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_overdue(&self, now: Instant, threshold: Duration) -> Vec<Flagged> {
+        let cutoffs = Cutoffs::new(now, threshold);
+        let mut flagged = Vec::new();
+        for shard in self.shards.iter() {
+            shard.state.lock().flag_overdue(&cutoffs, &mut flagged);
+        }
+        flagged
+    }
+
+    /// Every outstanding guard, marked flagged, oldest first: the
+    /// never-returned report.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_all(&self, now: Instant) -> Vec<Flagged> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            shard.state.lock().flag_all(now, &mut all);
+        }
+        all.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.cmp(&b.id)));
+        all
+    }
+
     pub(crate) fn outstanding_count(&self) -> usize {
         self.shards
             .iter()
@@ -339,12 +405,12 @@ impl Ledger {
             guards.push(OutstandingGuard {
                 id: entry.id,
                 site: entry.site(),
-                span: entry.span,
+                span: entry.span.map(SpanRef::info),
                 held: now.saturating_duration_since(entry.acquired_at),
-                busy: entry.activity.busy(now),
-                backend_pid: entry.activity.backend_pid,
-                last_statement: entry.activity.last_statement.to_display(),
-                in_transaction: entry.activity.open_transaction(),
+                busy: entry.activity().busy(now),
+                backend_pid: entry.activity().backend_pid,
+                last_statement: entry.activity().last_statement.to_display(),
+                in_transaction: entry.activity().open_transaction(),
             });
         });
         guards.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.cmp(&b.id)));
@@ -370,7 +436,7 @@ impl Ledger {
     pub(crate) fn spans(&self) -> Vec<SpanSnapshot> {
         let (merged, outstanding) = self.merge_stats(
             |s| (CallSite::OVERFLOW, s.span),
-            |e| (CallSite::OVERFLOW, e.span.map(|s| s.name)),
+            |e| (CallSite::OVERFLOW, e.span.map(|s| s.info().name)),
         );
         let mut spans: Vec<SpanSnapshot> = merged
             .iter()

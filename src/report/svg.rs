@@ -12,7 +12,12 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 40.0;
 
 /// A series: name, colour, value of a sample, extra stroke attributes.
-type Series = (&'static str, &'static str, fn(&PressureSample) -> usize, &'static str);
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&PressureSample) -> usize,
+    &'static str,
+);
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")

@@ -1,0 +1,231 @@
+//! Stacks of checkouts (`leak-report`): raw return addresses captured on
+//! the checkout path, symbolised only when a guard is reported.
+//!
+//! Capture walks the stack with `backtrace::trace_unsynchronized`, keeping
+//! only instruction pointers (8 bytes a frame) and taking no lock, so it
+//! scales across threads. Symbolisation (whose first call in a process loads
+//! debug info, 25–100 ms) happens only in [`render`], which runs on the
+//! watchdog thread or on an error path, never under a ledger lock.
+
+use std::ffi::c_void;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Frames kept per stack. The user's code sits right below poolwatch's own
+/// few frames; the runtime's frames further down are not worth the cost.
+pub(crate) const MAX_FRAMES: usize = 32;
+
+/// User frames shown in a report; the rest are counted.
+const MAX_SHOWN: usize = 16;
+
+/// A captured stack: raw return addresses, innermost first. An `Arc` so the
+/// watchdog can copy it out of the ledger under the lock without
+/// allocating.
+pub(crate) type RawStack = Arc<[usize]>;
+
+/// The current thread's stack, as raw return addresses.
+#[inline(never)]
+pub(crate) fn capture() -> RawStack {
+    let mut ips = [0usize; MAX_FRAMES];
+    let mut len = 0;
+    let record = |frame: &backtrace::Frame| {
+        ips[len] = frame.ip() as usize;
+        len += 1;
+        len < MAX_FRAMES
+    };
+    // SAFETY: `trace_unsynchronized` is unsafe only because it skips the
+    // crate's global lock. Off Windows it walks the stack with the
+    // thread-safe `_Unwind_Backtrace`; the lock matters for dbghelp, so
+    // Windows takes the synchronised path.
+    #[cfg(not(windows))]
+    unsafe {
+        backtrace::trace_unsynchronized(record)
+    };
+    #[cfg(windows)]
+    backtrace::trace(record);
+    Arc::from(&ips[..len])
+}
+
+/// Frames that are not the user's: poolwatch itself, the runtime, the
+/// standard library, the unwinder.
+const INTERNAL: &[&str] = &[
+    "poolwatch::",
+    "tokio::",
+    "std::",
+    "core::",
+    "alloc::",
+    "backtrace::",
+    "futures",
+    "deadpool::",
+    "tracing::",
+    "test::",
+];
+
+/// Whether `s` starts with a path (`ident::…`), not a generic parameter, a
+/// `fn()` type, a tuple or a slice.
+fn starts_with_path(s: &str) -> bool {
+    s.split_once("::").is_some_and(|(head, _)| {
+        !head.is_empty() && head.chars().all(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// The path that names a frame's crate: for `<T as Trait>::f` the type's,
+/// or the trait's when the type is not a path (`F`, `fn() -> …`, `[T]`).
+fn crate_path(name: &str) -> &str {
+    let name = name
+        .trim_start_matches(['<', '&'])
+        .trim_start_matches("mut ")
+        .trim_start_matches("dyn ");
+    match name.split_once(" as ") {
+        Some((self_type, rest)) if !starts_with_path(self_type) => rest,
+        _ => name,
+    }
+}
+
+fn is_internal(name: &str) -> bool {
+    // C frames (`__libc_start_main`, `clone3`, …) have no path.
+    !name.contains("::") || {
+        let path = crate_path(name);
+        INTERNAL.iter().any(|prefix| path.starts_with(prefix))
+    }
+}
+
+/// Symbolises a stack and renders the user's frames, innermost first, one
+/// per line (`name at file:line`), then how many frames were trimmed.
+pub(crate) fn render(stack: &[usize]) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    let mut trimmed = 0;
+    for &ip in stack {
+        let mut resolved = false;
+        backtrace::resolve(ip as *mut c_void, |symbol| {
+            resolved = true;
+            let name = symbol.name().map(|n| format!("{n:#}"));
+            match name {
+                Some(name) if !is_internal(&name) && shown < MAX_SHOWN => {
+                    shown += 1;
+                    let _ = write!(out, "{name}");
+                    if let (Some(file), Some(line)) = (symbol.filename(), symbol.lineno()) {
+                        let _ = write!(out, " at {}:{line}", file.display());
+                    }
+                    out.push('\n');
+                }
+                _ => trimmed += 1,
+            }
+        });
+        if !resolved {
+            trimmed += 1;
+        }
+    }
+    let _ = write!(
+        out,
+        "({trimmed} poolwatch/runtime/std frames trimmed, {} captured)",
+        stack.len()
+    );
+    out
+}
+
+/// [`render`] for an optional stack.
+pub(crate) fn render_opt(stack: Option<&RawStack>) -> Option<String> {
+    stack.map(|s| render(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_frames() {
+        for internal in [
+            "<poolwatch::pool::WatchedPool<M>>::checkout::{{closure}}",
+            "<core::pin::Pin<P> as core::future::future::Future>::poll",
+            "<F as core::future::into_future::IntoFuture>::into_future",
+            "<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once",
+            "tokio::runtime::task::harness::poll_future",
+            "std::panicking::try",
+            "__libc_start_main",
+        ] {
+            assert!(is_internal(internal), "{internal}");
+        }
+        for user in [
+            "app::jobs::cleanup::{{closure}}",
+            "<app::Cache as core::ops::drop::Drop>::drop",
+            "<&mut app::Repo>::load",
+        ] {
+            assert!(!is_internal(user), "{user}");
+        }
+    }
+
+    #[inline(never)]
+    fn a_recognisable_caller() -> RawStack {
+        capture()
+    }
+
+    #[test]
+    fn captures_and_renders_the_caller() {
+        let stack = a_recognisable_caller();
+        assert!(stack.len() > 3 && stack.len() <= MAX_FRAMES);
+        let mut names = Vec::new();
+        for &ip in stack.iter() {
+            backtrace::resolve(ip as *mut c_void, |s| {
+                names.push(s.name().map(|n| format!("{n:#}")).unwrap_or_default());
+            });
+        }
+        assert!(
+            names.iter().any(|n| n.contains("a_recognisable_caller")),
+            "{names:#?}"
+        );
+        // Everything here is poolwatch's or std's own: all trimmed.
+        let text = render(&stack);
+        assert!(text.starts_with('('), "{text}");
+        assert!(text.contains("trimmed"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use std::time::Instant;
+
+    #[inline(never)]
+    fn at_depth(depth: usize) -> RawStack {
+        if depth <= 1 {
+            capture()
+        } else {
+            let stack = at_depth(depth - 1);
+            std::hint::black_box(stack)
+        }
+    }
+
+    /// `cargo test --release --features leak-report --lib capture_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn capture_cost() {
+        for depth in [1, 8, 16] {
+            let frames = at_depth(depth).len();
+            let start = Instant::now();
+            for _ in 0..50_000 {
+                std::hint::black_box(at_depth(depth));
+            }
+            println!(
+                "{frames} frames: {:?} per capture",
+                start.elapsed() / 50_000
+            );
+        }
+        let frames = at_depth(16).len();
+        let run = |n: u32| {
+            let start = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(at_depth(16));
+            }
+            start.elapsed() / n
+        };
+        run(10_000);
+        println!("{frames} frames: {:?} per capture, 1 thread", run(100_000));
+        let per_thread: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2).map(|_| s.spawn(|| run(100_000))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        println!("{frames} frames: {per_thread:?} per capture, 2 threads at once");
+    }
+}
