@@ -297,6 +297,12 @@ pub(crate) fn transaction_ended(
     entry: &Outstanding,
     ended: &TransactionEnded,
 ) {
+    #[cfg(feature = "metrics")]
+    if ended.ending == TransactionEnding::RolledBackByDrop {
+        settings
+            .metrics
+            .error_path(crate::export::ErrorPath::RolledBackByDrop);
+    }
     let site = entry.site();
     let transaction_site = CallSite::from(ended.site);
     let statement = entry.activity().last_statement.to_display();

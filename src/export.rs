@@ -13,6 +13,11 @@
 //! | `poolwatch.acquire.failures` | counter | failures | `poolwatch.failure` = `timeout` \| `closed` \| `backend` \| `no_runtime` |
 //! | `poolwatch.hold.endings` | counter | holds | `poolwatch.outcome` = `returned` \| `dropped_while_panicking` \| `detached` \| `untracked` |
 //! | `poolwatch.hold.past_threshold` | counter | holds | |
+//! | `poolwatch.hold.error_paths` | counter | holds | `poolwatch.error_path` = `dropped_while_panicking` \| `rolled_back_by_drop` \| `open_transaction_at_return` \| `in_flight_at_drop` |
+//! | `poolwatch.hold.busy_time` | histogram | seconds | (holds that made an instrumented database call) |
+//! | `poolwatch.leaks.flagged` | counter | guards | (`leak-report`: guards flagged while held, first flag only) |
+//! | `poolwatch.leaks.returned_after_flagged` | counter | guards | (`leak-report`) |
+//! | `poolwatch.leaks.never_returned` | counter | guards | (`leak-report`: still out at close or drop) |
 //!
 //! Every metric carries `db.client.connection.pool.name`. There is no
 //! per-call-site label unless [`WatchConfig::metrics_site_labels`](crate::WatchConfig::metrics_site_labels)
@@ -34,6 +39,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
+use crate::ledger::Closed;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::CallSite;
 use crate::snapshot::PoolStatus;
@@ -60,6 +66,17 @@ pub const ACQUIRE_FAILURES: &str = "poolwatch.acquire.failures";
 pub const HOLD_ENDINGS: &str = "poolwatch.hold.endings";
 /// Holds that ended past the hold threshold.
 pub const HOLDS_PAST_THRESHOLD: &str = "poolwatch.hold.past_threshold";
+/// Error-path endings, by kind.
+pub const ERROR_PATHS: &str = "poolwatch.hold.error_paths";
+/// Time inside database calls per hold, in seconds.
+pub const BUSY_TIME: &str = "poolwatch.hold.busy_time";
+/// Guards flagged by the watchdog while held.
+pub const LEAKS_FLAGGED: &str = "poolwatch.leaks.flagged";
+/// Flagged guards that came back.
+pub const RETURNED_AFTER_FLAGGED: &str = "poolwatch.leaks.returned_after_flagged";
+/// Guards still held when their pool closed or was dropped.
+pub const NEVER_RETURNED: &str = "poolwatch.leaks.never_returned";
+
 /// The opt-in per-site label.
 pub const SITE: &str = "code.site";
 /// Opt-in per-site wait time, in seconds.
@@ -103,6 +120,31 @@ fn describe() {
     metrics::describe_counter!(ACQUIRE_FAILURES, Unit::Count, "Failed acquires by kind");
     metrics::describe_counter!(HOLD_ENDINGS, Unit::Count, "How holds ended");
     metrics::describe_counter!(
+        ERROR_PATHS,
+        Unit::Count,
+        "Holds that ended on an error path, by kind"
+    );
+    metrics::describe_histogram!(
+        BUSY_TIME,
+        Unit::Seconds,
+        "Time inside database calls per hold"
+    );
+    metrics::describe_counter!(
+        LEAKS_FLAGGED,
+        Unit::Count,
+        "Guards flagged while held past the threshold"
+    );
+    metrics::describe_counter!(
+        RETURNED_AFTER_FLAGGED,
+        Unit::Count,
+        "Flagged guards that were returned"
+    );
+    metrics::describe_counter!(
+        NEVER_RETURNED,
+        Unit::Count,
+        "Guards still held when the pool closed or was dropped"
+    );
+    metrics::describe_counter!(
         HOLDS_PAST_THRESHOLD,
         Unit::Count,
         "Holds that ended past the hold threshold"
@@ -122,6 +164,12 @@ pub(crate) struct PoolMetrics {
     past_threshold: Counter,
     failures: [Counter; 4],
     endings: [Counter; 4],
+    error_paths: [Counter; 4],
+    busy_time: Histogram,
+    leaks_flagged: Counter,
+    #[cfg_attr(not(feature = "leak-report"), allow(dead_code))]
+    returned_after_flagged: Counter,
+    never_returned: Counter,
     site_labels: usize,
 }
 
@@ -137,6 +185,33 @@ const OUTCOMES: [Outcome; 4] = [
     Outcome::DroppedWhilePanicking,
     Outcome::Detached,
     Outcome::Untracked,
+];
+
+/// The kinds of [`ERROR_PATHS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorPath {
+    DroppedWhilePanicking,
+    RolledBackByDrop,
+    OpenTransactionAtReturn,
+    InFlightAtDrop,
+}
+
+impl ErrorPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorPath::DroppedWhilePanicking => "dropped_while_panicking",
+            ErrorPath::RolledBackByDrop => "rolled_back_by_drop",
+            ErrorPath::OpenTransactionAtReturn => "open_transaction_at_return",
+            ErrorPath::InFlightAtDrop => "in_flight_at_drop",
+        }
+    }
+}
+
+const ERROR_PATH_KINDS: [ErrorPath; 4] = [
+    ErrorPath::DroppedWhilePanicking,
+    ErrorPath::RolledBackByDrop,
+    ErrorPath::OpenTransactionAtReturn,
+    ErrorPath::InFlightAtDrop,
 ];
 
 fn failure_index(failure: AcquireFailure) -> usize {
@@ -167,6 +242,13 @@ impl PoolMetrics {
             endings: OUTCOMES.map(|o| {
                 metrics::counter!(HOLD_ENDINGS, POOL_NAME => name.clone(), "poolwatch.outcome" => o.as_str())
             }),
+            error_paths: ERROR_PATH_KINDS.map(|kind| {
+                metrics::counter!(ERROR_PATHS, POOL_NAME => name.clone(), "poolwatch.error_path" => kind.as_str())
+            }),
+            busy_time: metrics::histogram!(BUSY_TIME, POOL_NAME => name.clone()),
+            leaks_flagged: metrics::counter!(LEAKS_FLAGGED, POOL_NAME => name.clone()),
+            returned_after_flagged: metrics::counter!(RETURNED_AFTER_FLAGGED, POOL_NAME => name.clone()),
+            never_returned: metrics::counter!(NEVER_RETURNED, POOL_NAME => name.clone()),
             site_labels,
             pool_name: name,
         }
@@ -191,12 +273,48 @@ impl PoolMetrics {
         }
     }
 
-    pub(crate) fn on_close(&self, held: Duration, outcome: Outcome, past_threshold: bool) {
-        self.use_time.record(held.as_secs_f64());
+    pub(crate) fn on_close(&self, closed: &Closed, outcome: Outcome, past_threshold: bool) {
+        self.use_time.record(closed.held.as_secs_f64());
         self.endings[outcome_index(outcome)].increment(1);
         if past_threshold {
             self.past_threshold.increment(1);
         }
+        if outcome == Outcome::DroppedWhilePanicking {
+            self.error_path(ErrorPath::DroppedWhilePanicking);
+        }
+        if let Some(activity) = closed.activity.as_deref() {
+            self.busy_time.record(activity.busy.as_secs_f64());
+            if activity.in_flight {
+                self.error_path(ErrorPath::InFlightAtDrop);
+            }
+            if activity.open_transaction {
+                self.error_path(ErrorPath::OpenTransactionAtReturn);
+            }
+        }
+        #[cfg(feature = "leak-report")]
+        if closed.flagged {
+            self.returned_after_flagged.increment(1);
+        }
+    }
+
+    pub(crate) fn error_path(&self, kind: ErrorPath) {
+        let index = ERROR_PATH_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.error_paths[index].increment(1);
+    }
+
+    /// The watchdog flagged a guard for the first time.
+    #[cfg_attr(not(feature = "leak-report"), allow(dead_code))]
+    pub(crate) fn on_flagged(&self) {
+        self.leaks_flagged.increment(1);
+    }
+
+    /// A guard was still out when its pool closed or was dropped.
+    #[cfg_attr(not(feature = "leak-report"), allow(dead_code))]
+    pub(crate) fn on_never_returned(&self) {
+        self.never_returned.increment(1);
     }
 
     /// Per-site histograms for the `rank`-th site admitted, if the opt-in

@@ -57,9 +57,7 @@ impl Record {
         let past_threshold = settings.exceeds_hold_threshold(closed.held);
         #[cfg(feature = "metrics")]
         {
-            settings
-                .metrics
-                .on_close(closed.held, outcome, past_threshold);
+            settings.metrics.on_close(closed, outcome, past_threshold);
             if let Some(status) = settings.pool_status() {
                 settings.metrics.set_status(status);
             }

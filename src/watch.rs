@@ -43,6 +43,8 @@ impl<M: Manager> PoolWatch<M> {
         }
         let settings = &self.ledger.settings;
         for flagged in self.ledger.flag_all(Instant::now()) {
+            #[cfg(feature = "metrics")]
+            settings.metrics.on_never_returned();
             events::never_returned(settings, &flagged, ending);
         }
     }
@@ -69,6 +71,10 @@ impl<M: Manager> Watched for PoolWatch<M> {
         }
         let status = self.pool.status().into();
         for guard in &flagged {
+            #[cfg(feature = "metrics")]
+            if guard.level == 1 {
+                self.ledger.settings.metrics.on_flagged();
+            }
             events::still_held(&self.ledger.settings, guard, threshold, status);
         }
     }

@@ -275,3 +275,88 @@ async fn prometheus_render_contains_the_names() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn error_paths_and_busy_time_are_counted() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-errors")
+        .build()
+        .unwrap();
+    let pool = WatchedPool::new(pg::pool(2), config);
+
+    // Busy time: one instrumented query.
+    let client = pool.get().await.unwrap();
+    client
+        .query_one("SELECT pg_sleep(0.02)", &[])
+        .await
+        .unwrap();
+    drop(client);
+
+    // Rolled back by drop: a transaction dropped without commit/rollback.
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("SELECT 1", &[]).await.unwrap();
+    drop(tx);
+    drop(client);
+
+    // Dropped while panicking.
+    let task_pool = pool.clone();
+    let panicked = tokio::spawn(async move {
+        let _client = task_pool.get().await.unwrap();
+        panic!("handler failed while holding a connection");
+    })
+    .await;
+    assert!(panicked.is_err());
+
+    let m = metrics_of("metrics-errors");
+    let kind = |k: &'static str| {
+        counter(find(
+            &m,
+            export::ERROR_PATHS,
+            Some(("poolwatch.error_path", k)),
+        ))
+    };
+    assert_eq!(kind("rolled_back_by_drop"), 1);
+    assert_eq!(kind("dropped_while_panicking"), 1);
+    assert_eq!(kind("in_flight_at_drop"), 0);
+    let busy = samples(find(&m, export::BUSY_TIME, None));
+    assert_eq!(busy.len(), 2, "two holds made instrumented calls: {busy:?}");
+    assert!(busy.iter().any(|b| *b >= 0.02), "{busy:?}");
+}
+
+#[cfg(feature = "leak-report")]
+#[tokio::test]
+async fn leaks_flagged_returned_and_never_returned_are_counted() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-leaks")
+        .hold_threshold(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let pool = WatchedPool::new(pg::pool(3), config);
+    let returned = pool.get().await.unwrap();
+    std::mem::forget(pool.get().await.unwrap());
+    // Wait (generously: the machine is shared) for the watchdog to flag both.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut flagged = 0;
+    let mut m;
+    loop {
+        m = metrics_of("metrics-leaks");
+        if let Some((_, metric)) = m.iter().find(|(n, _)| n == export::LEAKS_FLAGGED) {
+            flagged += counter(metric);
+        }
+        if flagged >= 2 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(flagged, 2);
+    drop(returned);
+    pool.close();
+    let m = metrics_of("metrics-leaks");
+    assert_eq!(counter(find(&m, export::RETURNED_AFTER_FLAGGED, None)), 1);
+    assert_eq!(counter(find(&m, export::NEVER_RETURNED, None)), 1);
+}
