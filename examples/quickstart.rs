@@ -1,133 +1,77 @@
-//! poolwatch in one minute: a small service whose pool runs dry, and what
-//! poolwatch says about it.
+//! The poolwatch demo: a small simulated service (request handlers and a
+//! background job) on a real PostgreSQL, through four scenarios that each
+//! exhaust a 4-connection pool for a different reason. For each, poolwatch's
+//! tracing output, its report and its verdict.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
 //!
 //! Uses `DATABASE_URL` when set; otherwise starts a throwaway local
-//! PostgreSQL (removed when the demo exits).
-use std::time::Duration;
+//! PostgreSQL (removed when the demo exits). The pressure timelines are
+//! written as SVG pictures to `target/poolwatch-demo/` (or
+//! `POOLWATCH_DEMO_DIR`).
+use std::path::PathBuf;
+use std::time::Instant;
 
-use deadpool::managed::Timeouts;
-use poolwatch::{WatchConfig, WatchedPool};
-use tracing::Instrument;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-#[path = "../tests/support/pg.rs"]
-mod pg;
+use support::scenarios::{self, Scenario};
 
-type Pool = poolwatch::postgres::Pool;
-
-/// A request handler: short, all of its hold spent in the database.
-async fn handle_request(
-    pool: &Pool,
-    user: i32,
-) -> Result<i64, Box<dyn std::error::Error + Send + Sync>> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one("SELECT $1::int8 * 2", &[&i64::from(user)])
-        .await?;
-    Ok(row.get(0))
+fn print(scenario: &Scenario, dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    println!("\n{}", scenario.report);
+    let svg = dir.join(format!("{}.svg", scenario.report.pool));
+    std::fs::write(&svg, scenario.report.timeline_svg())?;
+    println!("timeline picture: {}", svg.display());
+    Ok(svg)
 }
 
-/// A background job that holds its connection across slow work that has
-/// nothing to do with the database: the "long hold" pattern.
-async fn cleanup_job(pool: Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = pool.get().await?;
-    client.execute("SELECT pg_sleep(0.01)", &[]).await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // e.g. an HTTP call
-    client.execute("SELECT 1", &[]).await?;
-    Ok(())
-}
-
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "poolwatch=info,quickstart=info".into()),
+                // poolwatch's warnings, and the demo's own spans (a span
+                // the filter disables is invisible to poolwatch too).
+                .unwrap_or_else(|_| "warn,poolwatch=warn,quickstart=info".into()),
         )
+        .with_target(false)
         .init();
+    let started = Instant::now();
+    support::pg::pg_config()?;
+    println!("database: {}", support::pg::describe());
+    let dir = std::env::var_os("POOLWATCH_DEMO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/poolwatch-demo"));
+    std::fs::create_dir_all(&dir)?;
 
-    let pg_config = pg::pg_config()?;
-    println!("database: {}", pg::describe());
-    let manager = deadpool_postgres::Manager::new(pg_config, tokio_postgres::NoTls);
-    let raw = deadpool_postgres::Pool::builder(manager)
-        .max_size(4)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()?;
+    let mut verdicts = Vec::new();
+    println!("\n===== 1. leak on an error path: failed orders park their connection 'for a retry' that never comes");
+    let s = scenarios::leak_on_error_path().await;
+    print(&s, &dir)?;
+    verdicts.push((s.name, s.report.kinds()));
 
-    // The drop-in change: wrap the pool, keep every call site as it was.
-    let config = WatchConfig::builder()
-        .pool_name("main")
-        .hold_threshold(Duration::from_millis(500))
-        .slow_acquire(Duration::from_millis(200))
-        .with_env()? // POOLWATCH_HOLD_THRESHOLD=2s etc. override the above
-        .build()?;
-    let pool: Pool = WatchedPool::new(raw, config);
+    println!("\n===== 2. a transaction held across a slow payment-provider call");
+    let s = scenarios::transaction_across_slow_call().await;
+    print(&s, &dir)?;
+    verdicts.push((s.name, s.report.kinds()));
 
-    println!("\n== 1. normal traffic: 20 short requests, nothing to report");
-    for user in 0..20 {
-        handle_request(&pool, user)
-            .instrument(tracing::info_span!("handle_request", user))
-            .await?;
+    println!("\n===== 3. a background job hogging connections while requests wait");
+    let s = scenarios::job_hogging_connections().await;
+    print(&s, &dir)?;
+    verdicts.push((s.name, s.report.kinds()));
+
+    println!("\n===== 4. a burst of short concurrent requests");
+    let s = scenarios::burst_of_demand().await;
+    print(&s, &dir)?;
+    verdicts.push((s.name, s.report.kinds()));
+
+    println!("\n===== verdicts");
+    for (name, kinds) in &verdicts {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        println!("  {name:<46} {}", kinds.join(" + "));
     }
-
-    println!("\n== 2. three cleanup jobs hold connections across slow non-database work");
-    let jobs: Vec<_> = (0..3)
-        .map(|_| {
-            tokio::spawn(cleanup_job(pool.clone()).instrument(tracing::info_span!("cleanup_job")))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    println!("\n== 3. requests now wait for the one connection left; one more times out");
-    let held = pool.get().await?; // takes the last free connection
-    let short_wait = Timeouts {
-        wait: Some(Duration::from_millis(300)),
-        ..Default::default()
-    };
-    let result = async { pool.timeout_get(&short_wait).await }
-        .instrument(tracing::info_span!("handle_request", user = 99))
-        .await;
-    println!(
-        "request 99: {}",
-        match &result {
-            Ok(_) => "got a connection".to_owned(),
-            Err(e) => format!("error: {e}"),
-        }
-    );
-    drop(held);
-
-    for job in jobs {
-        job.await??;
-    }
-
-    println!("\n== 4. what the pool saw, per call site (poolwatch::WatchedPool::snapshot)");
-    let snapshot = pool.snapshot();
-    println!(
-        "pool {}: {} open, {} idle, {} waiting, max {}",
-        snapshot.pool,
-        snapshot.status.size,
-        snapshot.status.available,
-        snapshot.status.waiting,
-        snapshot.status.max_size
-    );
-    println!(
-        "{:<40} {:>9} {:>10} {:>10} {:>10} {:>8}",
-        "call site", "checkouts", "p50 hold", "max hold", "max wait", "timeouts"
-    );
-    for site in &snapshot.sites {
-        println!(
-            "{:<40} {:>9} {:>10} {:>10} {:>10} {:>8}",
-            site.site.to_string(),
-            site.checkouts,
-            format!("{:.1?}", site.hold.p50),
-            format!("{:.1?}", site.hold.max),
-            format!("{:.1?}", site.wait.max),
-            site.failures.timeouts
-        );
-    }
-    println!("\nverdict (by eye, until the diagnosis lands): cleanup_job holds connections across non-database work: long hold, not a leak");
+    println!("(demo took {:.1} s)", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -18,6 +18,9 @@ pub const ENV_MAX_SITES: &str = "POOLWATCH_MAX_SITES";
 pub const ENV_TIMELINE_TICK: &str = "POOLWATCH_TIMELINE_TICK";
 /// Environment variable: how much pressure timeline to keep (humantime).
 pub const ENV_TIMELINE_WINDOW: &str = "POOLWATCH_TIMELINE_WINDOW";
+/// Environment variable: emit the report through tracing this often
+/// (humantime), or `off` (the default).
+pub const ENV_REPORT_EVERY: &str = "POOLWATCH_REPORT_EVERY";
 /// Environment variable: how many call sites get a metrics label (`0` = none).
 pub const ENV_METRICS_SITE_LABELS: &str = "POOLWATCH_METRICS_SITE_LABELS";
 /// Environment variable: which checkouts capture a stack under `leak-report`
@@ -32,6 +35,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     ENV_METRICS_SITE_LABELS,
     ENV_TIMELINE_TICK,
     ENV_TIMELINE_WINDOW,
+    ENV_REPORT_EVERY,
     ENV_STACKS,
 ];
 
@@ -49,6 +53,7 @@ const KNOWN_VARIABLES: &[&str] = &[
 /// | [`metrics_site_labels`](Self::metrics_site_labels) | 0 | `POOLWATCH_METRICS_SITE_LABELS` |
 /// | [`timeline_tick`](Self::timeline_tick) | 1 s | `POOLWATCH_TIMELINE_TICK` (`off` disables) |
 /// | [`timeline_window`](Self::timeline_window) | 15 min | `POOLWATCH_TIMELINE_WINDOW` |
+/// | [`report_every`](Self::report_every) | off | `POOLWATCH_REPORT_EVERY` |
 /// | [`stacks`](Self::stacks) | `always` | `POOLWATCH_STACKS` |
 ///
 /// ```
@@ -85,6 +90,10 @@ pub struct WatchConfig {
     /// How much pressure timeline is kept (a ring buffer of
     /// `window / tick` samples).
     pub timeline_window: Duration,
+    /// Emit [`WatchedPool::report`](crate::WatchedPool::report) at INFO
+    /// (target `poolwatch`) this often; needs the timeline to be on (the
+    /// sampler thread emits it).
+    pub report_every: Option<Duration>,
     /// Which checkouts capture the stack that acquired them (only with the
     /// `leak-report` feature; ignored without it).
     pub stacks: StackMode,
@@ -100,6 +109,7 @@ impl Default for WatchConfig {
             metrics_site_labels: 0,
             timeline_tick: Some(Duration::from_secs(1)),
             timeline_window: Duration::from_secs(15 * 60),
+            report_every: None,
             stacks: StackMode::Always,
         }
     }
@@ -193,6 +203,12 @@ impl WatchConfigBuilder {
         self
     }
 
+    /// Emit the report through tracing this often (`None`: never).
+    pub fn report_every(mut self, every: Option<Duration>) -> Self {
+        self.config.report_every = every;
+        self
+    }
+
     /// Which checkouts capture a stack (`leak-report` feature).
     ///
     /// ```
@@ -247,6 +263,12 @@ impl WatchConfigBuilder {
                     }
                 }
                 ENV_TIMELINE_WINDOW => self.config.timeline_window = parse_duration(name, value)?,
+                ENV_REPORT_EVERY => {
+                    self.config.report_every = match value.trim() {
+                        "off" | "none" => None,
+                        _ => Some(parse_duration(name, value)?),
+                    }
+                }
                 ENV_METRICS_SITE_LABELS => {
                     self.config.metrics_site_labels = parse_count_or_zero(name, value)?
                 }
@@ -295,6 +317,13 @@ impl WatchConfigBuilder {
                 "timeline_window",
                 &humantime::format_duration(c.timeline_window).to_string(),
                 "must be at least one timeline tick",
+            ));
+        }
+        if c.report_every.is_some() && c.timeline_tick.is_none() {
+            return Err(invalid_setting(
+                "report_every",
+                "Some(..)",
+                "needs the timeline (timeline_tick), whose thread emits the report",
             ));
         }
         if c.pool_name.trim().is_empty() {

@@ -53,7 +53,11 @@ fn guarded(emit: impl FnOnce()) {
 }
 
 /// A guard was returned after holding its connection past the threshold.
+/// Rate-limited per pool; `suppressed` counts what was left out.
 pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome: Outcome) {
+    let Some(permit) = settings.held_past_threshold_events.permit() else {
+        return;
+    };
     let threshold = settings.hold_threshold();
     let status = settings.pool_status().unwrap_or_default();
     guarded(|| {
@@ -71,6 +75,7 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
             in_use = status.in_use(),
             max_size = status.max_size,
             waiting = status.waiting,
+            suppressed = permit.suppressed,
             "connection held for {} (threshold {}) by {}",
             human(closed.held),
             human(threshold),
@@ -121,6 +126,9 @@ pub(crate) fn slow_acquire(
     span: Option<SpanInfo>,
     waited: Duration,
 ) {
+    let Some(permit) = settings.slow_acquire_events.permit() else {
+        return;
+    };
     let threshold = settings.slow_acquire();
     guarded(|| {
         tracing::warn!(
@@ -131,6 +139,7 @@ pub(crate) fn slow_acquire(
             span = %SpanName(span),
             waited_ms = millis(waited),
             threshold_ms = millis(threshold),
+            suppressed = permit.suppressed,
             "acquire at {} waited {} for a connection (threshold {})",
             site,
             human(waited),
@@ -196,6 +205,8 @@ pub(crate) struct FailedAcquire<'a> {
     pub(crate) error: &'static str,
     pub(crate) status: PoolStatus,
     pub(crate) holders: &'a [Holders],
+    /// Failed-acquire events left out by the rate limit since the last one.
+    pub(crate) suppressed: u64,
 }
 
 /// An acquire failed: say who holds the pool right now.
@@ -221,6 +232,7 @@ pub(crate) fn acquire_failed(settings: &Settings, failed: &FailedAcquire<'_>) {
             max_size = failed.status.max_size,
             waiting = failed.status.waiting,
             holders = %holders,
+            suppressed = failed.suppressed,
             "pool {} {} after {} at {}; {}/{} held: {}",
             settings.pool_name,
             what,
@@ -535,6 +547,23 @@ pub(crate) fn watchdog_unavailable(error: &std::io::Error) {
             target: TARGET,
             error = %error,
             "poolwatch could not start its watchdog thread; guards are reported only when returned",
+        );
+    });
+}
+
+/// The periodic report (`POOLWATCH_REPORT_EVERY`): INFO with the verdicts
+/// as a field and the whole table as the message.
+pub(crate) fn periodic_report(report: &crate::report::Report) {
+    let verdicts: Vec<&str> = report.verdicts.iter().map(|v| v.kind.as_str()).collect();
+    let verdicts = verdicts.join(",");
+    guarded(|| {
+        tracing::info!(
+            target: TARGET,
+            pool = %report.pool,
+            verdicts = %verdicts,
+            flagged = report.flagged.len(),
+            "{}",
+            report
         );
     });
 }

@@ -89,6 +89,7 @@ mod guard;
 mod ledger;
 mod outcome;
 mod pool;
+mod ratelimit;
 pub mod report;
 mod sampler;
 mod site;
@@ -110,7 +111,8 @@ pub mod export;
 
 pub use config::{
     WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_METRICS_SITE_LABELS,
-    ENV_POOL_NAME, ENV_SLOW_ACQUIRE, ENV_STACKS, ENV_TIMELINE_TICK, ENV_TIMELINE_WINDOW,
+    ENV_POOL_NAME, ENV_REPORT_EVERY, ENV_SLOW_ACQUIRE, ENV_STACKS, ENV_TIMELINE_TICK,
+    ENV_TIMELINE_WINDOW,
 };
 pub use errors::ConfigError;
 pub use events::TARGET;

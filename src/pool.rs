@@ -232,6 +232,11 @@ impl<M: Manager> WatchedPool<M> {
             metrics.on_failure(failure, waited);
             metrics.set_status(self.pool.status().into());
         }
+        // In a storm of failures, only a few per second list the holders
+        // (a walk of the ledger); the counts above take every one.
+        let Some(permit) = self.ledger.settings.failed_acquire_events.permit() else {
+            return;
+        };
         let holders = events::holders(&self.ledger, Instant::now());
         let failed = FailedAcquire {
             site: CallSite::from(location),
@@ -241,6 +246,7 @@ impl<M: Manager> WatchedPool<M> {
             error: AcquireFailure::describe(error),
             status: self.status().into(),
             holders: &holders,
+            suppressed: permit.suppressed,
         };
         events::acquire_failed(&self.ledger.settings, &failed);
     }
@@ -258,14 +264,7 @@ impl<M: Manager> WatchedPool<M> {
     /// # }
     /// ```
     pub fn snapshot(&self) -> PoolSnapshot {
-        let now = Instant::now();
-        PoolSnapshot {
-            pool: self.ledger.settings.pool_name.clone(),
-            status: self.status().into(),
-            outstanding: self.ledger.outstanding(now),
-            sites: self.ledger.sites(),
-            spans: self.ledger.spans(),
-        }
+        self.ledger.snapshot(self.status().into())
     }
 
     /// Refreshes the pool's gauges (`db.client.connection.count`, `.max`,
@@ -302,13 +301,7 @@ impl<M: Manager> WatchedPool<M> {
     /// # }
     /// ```
     pub fn report(&self) -> Report {
-        let timeline = self
-            .ledger
-            .timeline
-            .as_ref()
-            .map(|t| t.samples())
-            .unwrap_or_default();
-        Report::build(&self.snapshot(), timeline, self.hold_threshold())
+        self.ledger.report(self.status().into())
     }
 
     /// Guards of this pool held right now, as the ledger counts them.

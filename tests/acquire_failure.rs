@@ -124,3 +124,46 @@ async fn unreachable_database_is_counted_as_backend_failure() {
     assert_eq!(site.failures.backend, 1);
     assert_eq!(pool.outstanding_count(), 0);
 }
+
+/// A storm of failures is counted in full but reported a few per second,
+/// with the number left out carried by the next report: never a flood.
+#[tokio::test]
+async fn a_storm_of_timeouts_is_rate_limited_not_lost() {
+    let (capture, _guard) = Capture::install();
+    let pool = WatchedPool::new(pg::pool(1), config("storm"));
+    let _held = pool.get().await.unwrap();
+    let waiters: Vec<_> = (0..30)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let (result, line) = (pool.timeout_get(&short_wait()).await, line!());
+                assert!(result.is_err());
+                line
+            })
+        })
+        .collect();
+    let mut line = 0;
+    for waiter in waiters {
+        line = waiter.await.unwrap();
+    }
+    let reported = capture.matching("timed out").len();
+    assert!((1..=10).contains(&reported), "{reported} events");
+    let site = pool
+        .snapshot()
+        .sites
+        .into_iter()
+        .find(|s| s.site.line == line)
+        .unwrap();
+    assert_eq!(site.failures.timeouts, 30, "every failure is counted");
+
+    // The next second's first report says how many were left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(pool.timeout_get(&short_wait()).await.is_err());
+    let events = capture.matching("timed out");
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.field_u64("suppressed") as usize,
+        30 - reported,
+        "{last:?}"
+    );
+}

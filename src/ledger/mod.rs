@@ -23,8 +23,10 @@ use parking_lot::Mutex;
 
 use crate::config::WatchConfig;
 use crate::outcome::{AcquireFailure, Outcome};
+use crate::ratelimit::RateLimit;
+use crate::report::Report;
 use crate::site::{CallSite, SpanInfo, SpanRef};
-use crate::snapshot::{OutstandingGuard, PoolStatus, SiteSnapshot, SpanSnapshot};
+use crate::snapshot::{OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot, SpanSnapshot};
 use crate::stack_mode::{AtomicStackMode, StackMode};
 use crate::timeline::Timeline;
 
@@ -99,7 +101,15 @@ pub(crate) struct Settings {
     /// A connection returned inside a transaction is evicted, unless a
     /// recycle hook that rolls it back is installed (then this is false).
     pub(crate) evict_open_transactions: AtomicBool,
+    /// Budgets for the events a storm could flood: slow acquires, failed
+    /// acquires, holds past the threshold.
+    pub(crate) slow_acquire_events: RateLimit,
+    pub(crate) failed_acquire_events: RateLimit,
+    pub(crate) held_past_threshold_events: RateLimit,
 }
+
+/// Per pool and kind of event: enough to see a pattern, few enough to read.
+const EVENTS_PER_SECOND: u64 = 5;
 
 #[inline]
 fn nanos(d: Duration) -> u64 {
@@ -247,6 +257,9 @@ pub(crate) struct Ledger {
     shards: Box<[Arc<Shard>]>,
     /// The pressure timeline, when configured.
     pub(crate) timeline: Option<Timeline>,
+    /// How often the sampler emits the report through tracing.
+    report_every: Option<Duration>,
+    last_report: Mutex<Instant>,
 }
 
 /// Threads are spread over shards round-robin, in order of first checkout.
@@ -274,6 +287,9 @@ impl Ledger {
             metrics: crate::export::PoolMetrics::new(&config.pool_name, config.metrics_site_labels),
             connections: Connections::default(),
             evict_open_transactions: AtomicBool::new(true),
+            slow_acquire_events: RateLimit::new(EVENTS_PER_SECOND),
+            failed_acquire_events: RateLimit::new(EVENTS_PER_SECOND),
+            held_past_threshold_events: RateLimit::new(EVENTS_PER_SECOND),
         });
         // One shard per core (a power of two, at most 16) keeps threads
         // apart without multiplying the per-site histograms needlessly.
@@ -296,6 +312,8 @@ impl Ledger {
             settings,
             shards,
             timeline,
+            report_every: config.report_every,
+            last_report: Mutex::new(Instant::now()),
         }
     }
 
@@ -314,17 +332,51 @@ impl Ledger {
             .sum()
     }
 
-    /// Takes a timeline sample if one is due.
+    /// Takes a timeline sample if one is due, and emits the periodic report
+    /// if that is due.
     pub(crate) fn sample_timeline(&self, now: Instant) {
         let Some(timeline) = &self.timeline else {
             return;
         };
-        if !timeline.due(now) {
+        let Some(status) = self.settings.pool_status() else {
             return;
-        }
-        if let Some(status) = self.settings.pool_status() {
+        };
+        if timeline.due(now) {
             timeline.record(now, status, self.total_checkouts());
         }
+        if let Some(every) = self.report_every {
+            let mut last = self.last_report.lock();
+            if now.saturating_duration_since(*last) >= every {
+                *last = now;
+                drop(last);
+                crate::events::periodic_report(&self.report(status));
+            }
+        }
+    }
+
+    /// The pool's state now, as plain data.
+    pub(crate) fn snapshot(&self, status: PoolStatus) -> PoolSnapshot {
+        PoolSnapshot {
+            pool: self.settings.pool_name.clone(),
+            status,
+            outstanding: self.outstanding(Instant::now()),
+            sites: self.sites(),
+            spans: self.spans(),
+        }
+    }
+
+    /// The diagnosis of the pool now.
+    pub(crate) fn report(&self, status: PoolStatus) -> Report {
+        let timeline = self
+            .timeline
+            .as_ref()
+            .map(|t| t.samples())
+            .unwrap_or_default();
+        Report::build(
+            &self.snapshot(status),
+            timeline,
+            self.settings.hold_threshold(),
+        )
     }
 
     /// The shard this thread opens its checkouts in.
