@@ -1,5 +1,6 @@
 //! A small HTTP service with a watched pool, exposing `/metrics`
-//! (Prometheus) and `/debug/pool` (the pool's snapshot as JSON).
+//! (Prometheus), `/debug/pool` (the pool's report as JSON: verdicts,
+//! sites, spans, timeline) and `/debug/pool/timeline.svg`.
 //!
 //! ```text
 //! cargo run --example service --features metrics,serde            # serves on 127.0.0.1:3000
@@ -31,8 +32,19 @@ async fn metrics(State(app): State<App>) -> String {
     app.prometheus.render()
 }
 
-async fn debug_pool(State(app): State<App>) -> Json<poolwatch::PoolSnapshot> {
-    Json(app.pool.snapshot())
+/// The diagnosis: verdicts with evidence, sites, spans, timeline.
+async fn debug_pool(State(app): State<App>) -> Json<poolwatch::Report> {
+    Json(app.pool.report())
+}
+
+/// The pressure timeline as a picture.
+async fn timeline_svg(
+    State(app): State<App>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "image/svg+xml")],
+        app.pool.report().timeline_svg(),
+    )
 }
 
 async fn user(State(app): State<App>, Path(id): Path<i64>) -> Result<String, String> {
@@ -80,6 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/debug/pool", get(debug_pool))
+        .route("/debug/pool/timeline.svg", get(timeline_svg))
         .route("/users/{id}", get(user))
         .with_state(App { pool, prometheus });
 
@@ -103,6 +116,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         let metrics = http_get(addr, "/metrics")?;
         let pool = http_get(addr, "/debug/pool")?;
+        let svg = http_get(addr, "/debug/pool/timeline.svg")?;
+        assert!(svg.starts_with("<svg"), "timeline.svg: {svg}");
         Ok(format!(
             "--- /metrics (db.client.connection.*)\n{}\n--- /debug/pool\n{pool}\n",
             metrics
