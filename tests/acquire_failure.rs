@@ -81,12 +81,7 @@ async fn closed_pool_is_counted_and_reported() {
     let warnings = capture.matching("is closed");
     assert_eq!(warnings.len(), 1, "{:?}", capture.events());
     assert_eq!(warnings[0].field("failure"), "closed");
-    let site = pool
-        .snapshot()
-        .sites
-        .into_iter()
-        .find(|s| s.site.line == line)
-        .unwrap();
+    let site = support::site_at(&pool, line);
     assert_eq!(site.failures.closed, 1);
 }
 
@@ -115,12 +110,7 @@ async fn unreachable_database_is_counted_as_backend_failure() {
         "{:?}",
         warnings[0]
     );
-    let site = pool
-        .snapshot()
-        .sites
-        .into_iter()
-        .find(|s| s.site.line == line)
-        .unwrap();
+    let site = support::site_at(&pool, line);
     assert_eq!(site.failures.backend, 1);
     assert_eq!(pool.outstanding_count(), 0);
 }
@@ -148,12 +138,7 @@ async fn a_storm_of_timeouts_is_rate_limited_not_lost() {
     }
     let reported = capture.matching("timed out").len();
     assert!((1..=10).contains(&reported), "{reported} events");
-    let site = pool
-        .snapshot()
-        .sites
-        .into_iter()
-        .find(|s| s.site.line == line)
-        .unwrap();
+    let site = support::site_at(&pool, line);
     assert_eq!(site.failures.timeouts, 30, "every failure is counted");
 
     // The next second's first report says how many were left out.

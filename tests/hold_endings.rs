@@ -11,14 +11,6 @@ fn watched(name: &str) -> poolwatch::postgres::Pool {
     WatchedPool::new(pg::pool(2), config)
 }
 
-fn site_of(pool: &poolwatch::postgres::Pool, line: u32) -> poolwatch::SiteSnapshot {
-    pool.snapshot()
-        .sites
-        .into_iter()
-        .find(|s| s.site.line == line)
-        .expect("site recorded")
-}
-
 #[tokio::test]
 async fn take_is_recorded_as_detached_not_leaked() {
     let pool = watched("take");
@@ -29,7 +21,7 @@ async fn take_is_recorded_as_detached_not_leaked() {
     assert_eq!(row.get::<_, i32>(0), 7);
     assert_eq!(pool.outstanding_count(), 0);
     assert_eq!(pool.status().size, 0);
-    let site = site_of(&pool, line);
+    let site = support::site_at(&pool, line);
     assert_eq!(site.outcomes.detached, 1);
     assert_eq!(site.outcomes.returned, 0);
     assert_eq!(site.outstanding, 0);
@@ -47,7 +39,7 @@ async fn into_inner_is_recorded_as_untracked() {
     assert_eq!(row.get::<_, i32>(0), 8);
     drop(object);
     assert_eq!(pool.status().available, 1);
-    let site = site_of(&pool, line);
+    let site = support::site_at(&pool, line);
     assert_eq!(site.outcomes.untracked, 1);
     assert_eq!(site.outstanding, 0);
 }
@@ -61,7 +53,7 @@ async fn returned_guard_gives_the_connection_back() {
     drop(guard);
     assert_eq!(pool.outstanding_count(), 0);
     assert_eq!(pool.status().available, 1);
-    assert_eq!(site_of(&pool, line).outcomes.returned, 1);
+    assert_eq!(support::site_at(&pool, line).outcomes.returned, 1);
 }
 
 #[tokio::test]
@@ -88,7 +80,12 @@ async fn drop_during_a_panic_is_flagged() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(site_of(&pool, line).outcomes.dropped_while_panicking, 1);
+    assert_eq!(
+        support::site_at(&pool, line)
+            .outcomes
+            .dropped_while_panicking,
+        1
+    );
     // deadpool took the connection back.
     assert_eq!(pool.status().available, 1);
 }

@@ -234,12 +234,7 @@ async fn panic_in_a_task_holding_a_guard_reports_the_stack() {
     assert_eq!(warning.field("outcome"), "dropped_while_panicking");
     assert_stack_names(warning, "panic_in_a_task_holding_a_guard_reports_the_stack");
     let line = site_line(warning);
-    let site = pool
-        .snapshot()
-        .sites
-        .into_iter()
-        .find(|s| s.site.line == line)
-        .unwrap();
+    let site = support::site_at(&pool, line);
     assert_eq!(site.outcomes.dropped_while_panicking, 1);
 }
 

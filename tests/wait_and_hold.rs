@@ -70,12 +70,7 @@ async fn hold_time_is_measured() {
     let held_so_far = pool.snapshot().outstanding[0].held;
     assert!(held_so_far >= ms(200), "{held_so_far:?}");
     drop(guard);
-    let site = pool
-        .snapshot()
-        .sites
-        .into_iter()
-        .find(|s| s.site.line == line)
-        .unwrap();
+    let site = support::site_at(&pool, line);
     assert_eq!(site.hold.count, 1);
     assert!(site.hold_total >= ms(200), "{site:?}");
     // The histogram keeps two significant figures.
