@@ -120,6 +120,8 @@ impl WatchConfig {
     pub fn builder() -> WatchConfigBuilder {
         WatchConfigBuilder {
             config: Self::default(),
+            tick_from: None,
+            window_from: None,
         }
     }
 
@@ -158,6 +160,11 @@ impl WatchConfig {
 #[derive(Clone, Debug)]
 pub struct WatchConfigBuilder {
     config: WatchConfig,
+    /// The variable and value the timeline's tick and window came from,
+    /// when they came from one: a check across the two at `build` then
+    /// names it.
+    tick_from: Option<(String, String)>,
+    window_from: Option<(String, String)>,
 }
 
 impl WatchConfigBuilder {
@@ -194,12 +201,14 @@ impl WatchConfigBuilder {
     /// The pressure timeline's tick; `None` turns the timeline off.
     pub fn timeline_tick(mut self, tick: Option<Duration>) -> Self {
         self.config.timeline_tick = tick;
+        self.tick_from = None;
         self
     }
 
     /// How much pressure timeline to keep.
     pub fn timeline_window(mut self, window: Duration) -> Self {
         self.config.timeline_window = window;
+        self.window_from = None;
         self
     }
 
@@ -260,9 +269,13 @@ impl WatchConfigBuilder {
                     self.config.timeline_tick = match value.trim() {
                         "off" | "none" => None,
                         _ => Some(parse_duration(name, value)?),
-                    }
+                    };
+                    self.tick_from = Some((name.to_owned(), value.to_owned()));
                 }
-                ENV_TIMELINE_WINDOW => self.config.timeline_window = parse_duration(name, value)?,
+                ENV_TIMELINE_WINDOW => {
+                    self.config.timeline_window = parse_duration(name, value)?;
+                    self.window_from = Some((name.to_owned(), value.to_owned()));
+                }
                 ENV_REPORT_EVERY => {
                     self.config.report_every = match value.trim() {
                         "off" | "none" => None,
@@ -312,10 +325,21 @@ impl WatchConfigBuilder {
                 "must be greater than zero, or None",
             ));
         }
-        if c.timeline_tick.is_some_and(|t| t > c.timeline_window) {
+        if let Some(tick) = c.timeline_tick.filter(|t| *t > c.timeline_window) {
+            let window = humantime::format_duration(c.timeline_window).to_string();
+            // Name the variable that set the window, else the tick's.
+            if let Some((variable, value)) = &self.window_from {
+                let tick = humantime::format_duration(tick);
+                let reason = format!("must be at least one timeline tick ({tick})");
+                return Err(invalid_variable(variable, value, reason));
+            }
+            if let Some((variable, value)) = &self.tick_from {
+                let reason = format!("must not exceed the timeline window ({window})");
+                return Err(invalid_variable(variable, value, reason));
+            }
             return Err(invalid_setting(
                 "timeline_window",
-                &humantime::format_duration(c.timeline_window).to_string(),
+                &window,
                 "must be at least one timeline tick",
             ));
         }

@@ -155,3 +155,48 @@ fn bad_stacks_value_names_variable_and_value() {
         assert!(message.contains("sample:N"), "{message}");
     }
 }
+
+#[test]
+fn tick_longer_than_window_names_the_variable() {
+    // The tick set from the environment, the window left at its default.
+    let error = invalid("POOLWATCH_TIMELINE_TICK", "1h");
+    let message = error.to_string();
+    assert!(
+        matches!(&error, ConfigError::InvalidVariable { variable, value, .. }
+            if variable == "POOLWATCH_TIMELINE_TICK" && value == "1h"),
+        "{error:?}"
+    );
+    assert!(message.contains("timeline window (15m)"), "{message}");
+
+    // The window set from the environment is the one named.
+    let error = WatchConfig::from_vars([
+        ("POOLWATCH_TIMELINE_TICK", "10s"),
+        ("POOLWATCH_TIMELINE_WINDOW", "5s"),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::InvalidVariable { variable, value, .. }
+            if variable == "POOLWATCH_TIMELINE_WINDOW" && value == "5s"),
+        "{error:?}"
+    );
+
+    // A later builder call overrides the variable, and is what is named.
+    let config = WatchConfig::builder()
+        .with_vars([("POOLWATCH_TIMELINE_TICK", "1h")])
+        .unwrap()
+        .timeline_window(Duration::from_secs(7200))
+        .build()
+        .unwrap();
+    assert_eq!(config.timeline_tick, Some(Duration::from_secs(3600)));
+    let error = WatchConfig::builder()
+        .with_vars([("POOLWATCH_TIMELINE_WINDOW", "1m")])
+        .unwrap()
+        .timeline_tick(Some(Duration::from_secs(120)))
+        .timeline_window(Duration::from_secs(60))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::InvalidSetting { setting, .. } if *setting == "timeline_window"),
+        "{error:?}"
+    );
+}

@@ -10,6 +10,8 @@
 
 pub(crate) mod activity;
 pub(crate) mod connections;
+#[cfg(test)]
+mod model;
 mod shard;
 mod stats;
 

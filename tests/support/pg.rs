@@ -364,7 +364,68 @@ run "$bin/pg_ctl" -D "$data" -m immediate stop
 rm -rf "$dir"
 "#;
 
-fn start_throwaway() -> Result<(tokio_postgres::Config, String), String> {
+/// Spawns the supervisor for a cluster in `dir` and waits until the
+/// server is ready; on failure the directory is removed.
+fn spawn_supervisor(
+    dir: &Path,
+    bin: &Path,
+    as_root: bool,
+    runuser: &Path,
+) -> Result<Supervisor, String> {
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(SUPERVISOR_SCRIPT)
+        .arg("poolwatch-pg-supervisor")
+        .arg(dir)
+        .arg(bin)
+        .arg(if as_root { "1" } else { "0" })
+        .arg(runuser)
+        .current_dir(dir)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = fs::remove_dir_all(dir);
+            return Err(format!(
+                "spawning the PostgreSQL supervisor (sh) failed: {e}"
+            ));
+        }
+    };
+
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    let ready = loop {
+        line.clear();
+        match stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => break false,
+            Ok(_) if line.trim() == "ready" => break true,
+            Ok(_) => continue,
+        }
+    };
+    if !ready {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        let _ = fs::remove_dir_all(dir);
+        return Err(format!(
+            "starting a throwaway PostgreSQL server in {} with {} failed (supervisor {status}):\n{}",
+            dir.display(),
+            bin.display(),
+            stderr.trim_end()
+        ));
+    }
+    Ok(Supervisor { child, stdout })
+}
+
+/// The server binaries, whether to run them as `postgres` (when root), and
+/// `runuser`; then a fresh cluster directory owned by the server's user.
+fn prepare_cluster() -> Result<(PathBuf, bool, PathBuf, PathBuf), String> {
     let bin = find_bin_dir().ok_or_else(|| NOT_FOUND.to_string())?;
     let as_root = running_as_root();
     let runuser = if as_root {
@@ -392,56 +453,13 @@ fn start_throwaway() -> Result<(tokio_postgres::Config, String), String> {
             return Err(format!("chown postgres {}: {e}", dir.display()));
         }
     }
+    Ok((bin, as_root, runuser, dir))
+}
 
-    let spawned = Command::new("sh")
-        .arg("-c")
-        .arg(SUPERVISOR_SCRIPT)
-        .arg("poolwatch-pg-supervisor")
-        .arg(&dir)
-        .arg(&bin)
-        .arg(if as_root { "1" } else { "0" })
-        .arg(&runuser)
-        .current_dir(&dir)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(format!(
-                "spawning the PostgreSQL supervisor (sh) failed: {e}"
-            ));
-        }
-    };
-
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    let ready = loop {
-        line.clear();
-        match stdout.read_line(&mut line) {
-            Ok(0) | Err(_) => break false,
-            Ok(_) if line.trim() == "ready" => break true,
-            Ok(_) => continue,
-        }
-    };
-    if !ready {
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = pipe.read_to_string(&mut stderr);
-        }
-        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-        let _ = fs::remove_dir_all(&dir);
-        return Err(format!(
-            "starting a throwaway PostgreSQL server in {} with {} failed (supervisor {status}):\n{}",
-            dir.display(),
-            bin.display(),
-            stderr.trim_end()
-        ));
-    }
-    *SUPERVISOR.lock().unwrap_or_else(|e| e.into_inner()) = Some(Supervisor { child, stdout });
+fn start_throwaway() -> Result<(tokio_postgres::Config, String), String> {
+    let (bin, as_root, runuser, dir) = prepare_cluster()?;
+    let supervisor = spawn_supervisor(&dir, &bin, as_root, &runuser)?;
+    *SUPERVISOR.lock().unwrap_or_else(|e| e.into_inner()) = Some(supervisor);
 
     let version = fs::read_to_string(dir.join("data").join("PG_VERSION"))
         .map(|v| v.trim().to_string())
@@ -460,4 +478,122 @@ fn start_throwaway() -> Result<(tokio_postgres::Config, String), String> {
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(10));
     Ok((config, description))
+}
+
+/// The server options the supervisor starts the cluster with (`pg_ctl -o`).
+fn server_options(dir: &Path) -> String {
+    format!(
+        "-k '{}' -c port={SOCKET_PORT} -c listen_addresses='' -c fsync=off \
+         -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+        dir.display()
+    )
+}
+
+/// A throwaway PostgreSQL cluster of the caller's own, which it may stop,
+/// start and restart (the shared one of [`pg_config`] must stay up for the
+/// other tests of the binary). Same supervision as the shared one: the
+/// server is stopped and its directory removed when the `Cluster` is
+/// dropped, or when the process exits whichever way.
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    as_root: bool,
+    runuser: PathBuf,
+    supervisor: Option<Supervisor>,
+    config: tokio_postgres::Config,
+}
+
+/// Starts a private cluster. Errors when no server binaries are found (it
+/// ignores `DATABASE_URL`: an external server cannot be restarted).
+pub fn private_cluster() -> Result<Cluster, String> {
+    let (bin, as_root, runuser, dir) = prepare_cluster()?;
+    let supervisor = spawn_supervisor(&dir, &bin, as_root, &runuser)?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&dir)
+        .port(SOCKET_PORT)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(10));
+    Ok(Cluster {
+        dir,
+        bin,
+        as_root,
+        runuser,
+        supervisor: Some(supervisor),
+        config,
+    })
+}
+
+impl Cluster {
+    /// Connection settings (unix socket in the cluster's directory).
+    pub fn config(&self) -> tokio_postgres::Config {
+        self.config.clone()
+    }
+
+    /// The cluster's directory (its socket lives there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let data = self.dir.join("data");
+        let log = self.dir.join("server.log");
+        let mut command = if self.as_root {
+            let mut c = Command::new(&self.runuser);
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        command
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(args)
+            .stdin(Stdio::null());
+        let out = command
+            .output()
+            .map_err(|e| format!("running pg_ctl {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {args:?} failed ({}): {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Stops the server (fast: open sessions are terminated).
+    pub fn stop(&self) -> Result<(), String> {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"])
+    }
+
+    /// Starts the server again after [`stop`](Self::stop).
+    pub fn start(&self) -> Result<(), String> {
+        let options = server_options(&self.dir);
+        self.pg_ctl(&["-w", "-t", "60", "-o", &options, "start"])
+    }
+
+    /// Restarts the server (fast: open sessions are terminated).
+    pub fn restart(&self) -> Result<(), String> {
+        let options = server_options(&self.dir);
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "-o", &options, "restart"])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Closing the supervisor's stdin makes it stop the server and
+        // remove the directory.
+        if let Some(mut supervisor) = self.supervisor.take() {
+            drop(supervisor.child.stdin.take());
+            let _ = supervisor.child.wait();
+        }
+    }
 }
