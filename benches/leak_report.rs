@@ -6,7 +6,9 @@
 //!   divide by `n` for the cost per entry.
 //! * `stack_capture/20_frames/<threads>`: capturing a 20-frame stack as a
 //!   checkout does, on 1 thread and on 2 threads at once (time per capture
-//!   per thread: equal times mean it scales).
+//!   per thread, wall clock: equal times mean it scales), and the same in
+//!   thread CPU time (`stack_capture_cpu`), which a machine shared with
+//!   other work does not inflate by descheduling the threads.
 //!
 //! Uses `poolwatch::__bench`, internals that are not public API.
 //!
@@ -63,33 +65,61 @@ fn depth_for(frames: usize) -> usize {
     depth
 }
 
-fn stack_capture(c: &mut Criterion) {
+/// This thread's CPU time.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `iters` captures of a 20-frame stack on each of `threads` threads at
+/// once; the slowest thread's time by `clock`.
+fn captures(threads: u64, iters: u64, clock: fn() -> Duration) -> Duration {
     const FRAMES: usize = 20;
-    let mut group = c.benchmark_group("stack_capture/20_frames");
-    for threads in [1u64, 2] {
-        group.bench_function(BenchmarkId::from_parameter(threads), |b| {
-            b.iter_custom(|iters| {
-                let per_thread: Vec<Duration> = std::thread::scope(|s| {
-                    let handles: Vec<_> = (0..threads)
-                        .map(|_| {
-                            s.spawn(|| {
-                                let depth = depth_for(FRAMES);
-                                let start = Instant::now();
-                                for _ in 0..iters {
-                                    black_box(at_depth(depth));
-                                }
-                                start.elapsed()
-                            })
-                        })
-                        .collect();
-                    handles.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                // Time per capture per thread: the slowest thread's.
-                per_thread.into_iter().max().unwrap()
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let depth = depth_for(FRAMES);
+                    let start = clock();
+                    for _ in 0..iters {
+                        black_box(at_depth(depth));
+                    }
+                    clock() - start
+                })
             })
-        });
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap()
+    })
+}
+
+fn wall_time() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+fn stack_capture(c: &mut Criterion) {
+    for (name, clock) in [
+        ("stack_capture/20_frames", wall_time as fn() -> Duration),
+        ("stack_capture_cpu/20_frames", thread_cpu_time),
+    ] {
+        let mut group = c.benchmark_group(name);
+        for threads in [1u64, 2] {
+            group.bench_function(BenchmarkId::from_parameter(threads), |b| {
+                b.iter_custom(|iters| captures(threads, iters, clock))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, watchdog_scan, stack_capture);
