@@ -1,9 +1,18 @@
 //! Checkout+return overhead of poolwatch against plain deadpool, in one run.
 //!
 //! Real PostgreSQL (throwaway local cluster on a unix socket, or
-//! `DATABASE_URL`), `RecyclingMethod::Fast`, warm pool. Run with
-//! `cargo bench --bench checkout`; compare the medians of `raw` and
-//! `poolwatch` within the same group.
+//! `DATABASE_URL`), `RecyclingMethod::Fast`, warm pool. Every group times
+//! `raw` (plain deadpool-postgres) next to the poolwatch variants:
+//!
+//! * default features: `poolwatch` (the default path);
+//! * `--features leak-report`: `leak-report/<stack mode>` for `off`,
+//!   `always`, `sample:100` and `first:1` (instead of `poolwatch`: in such a
+//!   build every pool pays for the feature).
+//!
+//! ```sh
+//! cargo bench --bench checkout -- --warm-up-time 1 --measurement-time 3
+//! cargo bench --features leak-report --bench checkout -- --warm-up-time 1 --measurement-time 3
+//! ```
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -12,11 +21,27 @@ use poolwatch::{WatchConfig, WatchedPool};
 #[path = "../tests/support/pg.rs"]
 mod pg;
 
-fn watched(raw: deadpool_postgres::Pool) -> poolwatch::postgres::Pool {
-    WatchedPool::new(
-        raw,
-        WatchConfig::builder().pool_name("bench").build().unwrap(),
-    )
+/// The poolwatch variants this build can time, each with its own pool.
+fn variants(max_size: usize) -> Vec<(String, poolwatch::postgres::Pool)> {
+    let watched = |stacks: poolwatch::StackMode| {
+        WatchedPool::new(
+            pg::pool(max_size),
+            WatchConfig::builder()
+                .pool_name("bench")
+                .stacks(stacks)
+                .build()
+                .unwrap(),
+        )
+    };
+    if cfg!(feature = "leak-report") {
+        use poolwatch::StackMode::*;
+        [Off, Always, Sample(100), First(1)]
+            .into_iter()
+            .map(|mode| (format!("leak-report/{mode}"), watched(mode)))
+            .collect()
+    } else {
+        vec![("poolwatch".to_owned(), watched(poolwatch::StackMode::Off))]
+    }
 }
 
 fn current_thread(c: &mut Criterion) {
@@ -25,39 +50,63 @@ fn current_thread(c: &mut Criterion) {
         .build()
         .unwrap();
     let raw = pg::pool(4);
-    let pool = watched(pg::pool(4));
-    // Warm: both pools have an open connection before timing starts.
+    let pools = variants(4);
+    // Warm: every pool has an open connection before timing starts.
     rt.block_on(async {
         drop(raw.get().await.unwrap());
-        drop(pool.get().await.unwrap());
+        for (_, pool) in &pools {
+            drop(pool.get().await.unwrap());
+        }
     });
     let mut group = c.benchmark_group("checkout_return/current_thread");
     group.bench_function("raw", |b| {
         b.to_async(&rt)
             .iter(|| async { drop(raw.get().await.unwrap()) })
     });
-    group.bench_function("poolwatch", |b| {
-        b.to_async(&rt)
-            .iter(|| async { drop(pool.get().await.unwrap()) })
-    });
+    for (name, pool) in &pools {
+        group.bench_function(name.as_str(), |b| {
+            b.to_async(&rt)
+                .iter(|| async { drop(pool.get().await.unwrap()) })
+        });
+    }
     group.finish();
 }
 
-/// `tasks` tasks on a runtime with as many worker threads, each doing
-/// `iters / tasks` checkouts; the measured time is the wall time of all.
-fn parallel<F, Fut>(rt: &tokio::runtime::Runtime, tasks: u64, iters: u64, checkout: F) -> Duration
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
+/// A pool whose checkout+return is timed.
+trait CheckoutReturn: Clone + Send + Sync + 'static {
+    fn checkout_return(&self) -> impl std::future::Future<Output = ()> + Send + '_;
+}
+
+impl CheckoutReturn for deadpool_postgres::Pool {
+    async fn checkout_return(&self) {
+        drop(self.get().await.unwrap())
+    }
+}
+
+impl CheckoutReturn for poolwatch::postgres::Pool {
+    async fn checkout_return(&self) {
+        drop(self.get().await.unwrap())
+    }
+}
+
+/// `tasks` tasks on a runtime with as many worker threads, each with its
+/// own handle of `pool` doing `iters / tasks` checkouts; the measured time
+/// is the wall time of all, so time per iteration is the inverse of the
+/// throughput.
+fn parallel(
+    rt: &tokio::runtime::Runtime,
+    tasks: u64,
+    iters: u64,
+    pool: &impl CheckoutReturn,
+) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let checkout = checkout.clone();
+                let pool = pool.clone();
                 tokio::spawn(async move {
                     for _ in 0..iters / tasks {
-                        checkout().await;
+                        pool.checkout_return().await;
                     }
                 })
             })
@@ -76,32 +125,24 @@ fn two_threads(c: &mut Criterion) {
         .build()
         .unwrap();
     let raw = pg::pool(4);
-    let pool = watched(pg::pool(4));
+    let pools = variants(4);
     rt.block_on(async {
         let (a, b) = (raw.get().await.unwrap(), raw.get().await.unwrap());
         drop((a, b));
-        let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
-        drop((a, b));
+        for (_, pool) in &pools {
+            let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+            drop((a, b));
+        }
     });
     let mut group = c.benchmark_group("checkout_return/2_tasks_2_threads");
     group.bench_function(BenchmarkId::new("raw", 2), |b| {
-        b.iter_custom(|iters| {
-            let raw = raw.clone();
-            parallel(&rt, 2, iters, move || {
-                let raw = raw.clone();
-                async move { drop(raw.get().await.unwrap()) }
-            })
-        })
+        b.iter_custom(|iters| parallel(&rt, 2, iters, &raw))
     });
-    group.bench_function(BenchmarkId::new("poolwatch", 2), |b| {
-        b.iter_custom(|iters| {
-            let pool = pool.clone();
-            parallel(&rt, 2, iters, move || {
-                let pool = pool.clone();
-                async move { drop(pool.get().await.unwrap()) }
-            })
-        })
-    });
+    for (name, pool) in &pools {
+        group.bench_function(BenchmarkId::new(name.as_str(), 2), |b| {
+            b.iter_custom(|iters| parallel(&rt, 2, iters, pool))
+        });
+    }
     group.finish();
 }
 

@@ -247,11 +247,19 @@ pub(crate) fn acquire_failed(settings: &Settings, failed: &FailedAcquire<'_>) {
 
 /// What the guard did with the connection that the next caller must not
 /// inherit: a call still in flight, an open transaction.
+/// Inline, so the common hold (no finding) costs a test, not a call.
+#[inline]
 pub(crate) fn database_findings(settings: &Settings, closed: &Closed) {
     let activity = closed.activity();
-    if !(activity.in_flight || activity.open_transaction) {
-        return;
+    if activity.in_flight || activity.open_transaction {
+        report_database_findings(settings, closed);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn report_database_findings(settings: &Settings, closed: &Closed) {
+    let activity = closed.activity();
     let statement = activity.last_statement.to_display();
     let statement = statement.as_deref().unwrap_or("");
     let action = if closed.evict {

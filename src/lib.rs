@@ -84,6 +84,12 @@
 
 mod config;
 mod errors;
+
+/// **Not public API**: internals for poolwatch's own benches and memory
+/// test. Hidden, exempt from semver, may change in any release.
+#[doc(hidden)]
+#[path = "bench_support.rs"]
+pub mod __bench;
 mod events;
 mod guard;
 mod ledger;

@@ -203,7 +203,8 @@ impl<M: Manager> WatchedPool<M> {
         }
         #[cfg(feature = "leak-report")]
         shard.capture_stack(key);
-        if self.ledger.settings.exceeds_slow_acquire(waited) {
+        // An acquire that did not wait is never slow: skip the comparison.
+        if waiting_since.is_some() && self.ledger.settings.exceeds_slow_acquire(waited) {
             let site = CallSite::from(location);
             events::slow_acquire(
                 &self.ledger.settings,

@@ -185,6 +185,10 @@ pub(crate) struct ShardState {
     next_seq: u64,
     /// (address of the `Location`, address of the span name) → slot.
     slot_of: HashMap<(usize, usize), u32, BuildHasherDefault<AddressHasher>>,
+    /// The last key looked up and its slot: a loop checking out at one
+    /// line skips the hash lookup. `(0, 0)` (no `Location` is at address
+    /// 0) until the first lookup.
+    last_slot: ((usize, usize), u32),
     pub(crate) sites: Vec<SiteStats>,
     /// Checkouts seen per call site across all shards, parallel to
     /// `sites`: decides `sample:N` and `first:N` stack capture.
@@ -198,6 +202,7 @@ impl ShardState {
             outstanding: Slab::new(),
             next_seq: 0,
             slot_of: HashMap::default(),
+            last_slot: ((0, 0), 0),
             sites: Vec::new(),
             #[cfg(feature = "leak-report")]
             stack_counters: Vec::new(),
@@ -207,6 +212,7 @@ impl ShardState {
     /// The statistics slot of a call site within a span, creating it on
     /// first sight. Spans are static names, so their number is bounded by
     /// the program; sites are bounded by the interner's cap.
+    #[inline]
     fn stats_slot(
         &mut self,
         location: &'static Location<'static>,
@@ -218,7 +224,23 @@ impl ShardState {
             location as *const Location<'static> as usize,
             span_name.map_or(0, |name| name.as_ptr() as usize),
         );
+        if self.last_slot.0 == key {
+            return self.last_slot.1;
+        }
+        self.stats_slot_lookup(key, location, span_name, settings)
+    }
+
+    /// [`Self::stats_slot`] when the key is not the last one looked up.
+    #[inline(never)]
+    fn stats_slot_lookup(
+        &mut self,
+        key: (usize, usize),
+        location: &'static Location<'static>,
+        span_name: Option<&'static str>,
+        settings: &Settings,
+    ) -> u32 {
         if let Some(&slot) = self.slot_of.get(&key) {
+            self.last_slot = (key, slot);
             return slot;
         }
         let (site, rank) = settings.interner.admit(CallSite::from(location));
@@ -247,11 +269,13 @@ impl ShardState {
             }
         };
         self.slot_of.insert(key, slot);
+        self.last_slot = (key, slot);
         slot
     }
 
     /// Guard ids interleave the shards (`seq * shards + shard + 1`), so they
     /// are unique per pool without a shared counter, and never 0.
+    #[inline]
     pub(crate) fn open(
         &mut self,
         (shard_index, shard_count): (u64, u64),
@@ -283,6 +307,7 @@ impl ShardState {
 
     /// Closes a checkout record. `None` only if the key is not outstanding,
     /// which the guard's ownership of its key rules out.
+    #[inline]
     pub(crate) fn close(&mut self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
         let entry = self.outstanding.try_remove(key)?;
         let held = now.saturating_duration_since(entry.acquired_at);

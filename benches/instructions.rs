@@ -1,0 +1,130 @@
+//! Instruction counts of checkout+return and of `query_one`, raw against
+//! poolwatch: a repeatable secondary measure on a noisy machine, read with
+//! callgrind (not a criterion bench: `cargo bench` runs it as a no-op).
+//!
+//! ```sh
+//! cargo bench --bench instructions --no-run   # prints the binary's path
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='instructions::measure*' \
+//!     target/release/deps/instructions-<hash> checkout 20000
+//! ```
+//!
+//! Each run prints which side it measured; callgrind's `Collected` total
+//! divided by the count is the instructions per operation (only the
+//! measured loop is counted: setup, PostgreSQL start and warm-up are not).
+use std::hint::black_box;
+
+use poolwatch::{StackMode, WatchConfig, WatchedPool};
+
+#[path = "../tests/support/pg.rs"]
+mod pg;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn watched() -> poolwatch::postgres::Pool {
+    let config = WatchConfig::builder()
+        .stacks(StackMode::Off)
+        .timeline_tick(None)
+        .build()
+        .unwrap();
+    WatchedPool::new(pg::pool(1), config)
+}
+
+#[inline(never)]
+fn measure_raw_checkout(rt: &tokio::runtime::Runtime, pool: &deadpool_postgres::Pool, n: u64) {
+    rt.block_on(async {
+        for _ in 0..n {
+            drop(black_box(pool.get().await.unwrap()));
+        }
+    })
+}
+
+#[inline(never)]
+fn measure_poolwatch_checkout(
+    rt: &tokio::runtime::Runtime,
+    pool: &poolwatch::postgres::Pool,
+    n: u64,
+) {
+    rt.block_on(async {
+        for _ in 0..n {
+            drop(black_box(pool.get().await.unwrap()));
+        }
+    })
+}
+
+#[inline(never)]
+fn measure_raw_query(
+    rt: &tokio::runtime::Runtime,
+    client: &deadpool_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    n: u64,
+) {
+    rt.block_on(async {
+        for i in 0..n as i32 {
+            black_box(client.query_one(stmt, &[&i]).await.unwrap());
+        }
+    })
+}
+
+#[inline(never)]
+fn measure_poolwatch_query(
+    rt: &tokio::runtime::Runtime,
+    client: &poolwatch::postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    n: u64,
+) {
+    rt.block_on(async {
+        for i in 0..n as i32 {
+            black_box(client.query_one(stmt, &[&i]).await.unwrap());
+        }
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (what, n) = match args.as_slice() {
+        [what, n] => (what.as_str(), n.parse::<u64>().expect("a count")),
+        _ => {
+            eprintln!("usage: instructions <checkout|query> <count> (under callgrind)");
+            return;
+        }
+    };
+    let rt = runtime();
+    let raw = pg::pool(1);
+    let pool = watched();
+    const SQL: &str = "SELECT $1::int4";
+    match what {
+        "checkout" => {
+            // Warm: one connection open in each pool, paths run once.
+            rt.block_on(async {
+                for _ in 0..100 {
+                    drop(raw.get().await.unwrap());
+                    drop(pool.get().await.unwrap());
+                }
+            });
+            measure_raw_checkout(&rt, &raw, n);
+            measure_poolwatch_checkout(&rt, &pool, n);
+        }
+        "query" => {
+            let (rc, rs, wc, ws) = rt.block_on(async {
+                let rc = raw.get().await.unwrap();
+                let rs = rc.prepare_cached(SQL).await.unwrap();
+                let wc = pool.get().await.unwrap();
+                let ws = wc.prepare_cached(SQL).await.unwrap();
+                for i in 0..100 {
+                    rc.query_one(&rs, &[&i]).await.unwrap();
+                    wc.query_one(&ws, &[&i]).await.unwrap();
+                }
+                (rc, rs, wc, ws)
+            });
+            measure_raw_query(&rt, &rc, &rs, n);
+            measure_poolwatch_query(&rt, &wc, &ws, n);
+        }
+        other => panic!("unknown measurement {other}"),
+    }
+    println!("measured {what} x {n}, raw then poolwatch");
+}
