@@ -122,6 +122,7 @@ impl WatchConfig {
             config: Self::default(),
             tick_from: None,
             window_from: None,
+            report_from: None,
         }
     }
 
@@ -165,6 +166,7 @@ pub struct WatchConfigBuilder {
     /// names it.
     tick_from: Option<(String, String)>,
     window_from: Option<(String, String)>,
+    report_from: Option<(String, String)>,
 }
 
 impl WatchConfigBuilder {
@@ -215,6 +217,7 @@ impl WatchConfigBuilder {
     /// Emit the report through tracing this often (`None`: never).
     pub fn report_every(mut self, every: Option<Duration>) -> Self {
         self.config.report_every = every;
+        self.report_from = None;
         self
     }
 
@@ -280,7 +283,8 @@ impl WatchConfigBuilder {
                     self.config.report_every = match value.trim() {
                         "off" | "none" => None,
                         _ => Some(parse_duration(name, value)?),
-                    }
+                    };
+                    self.report_from = Some((name.to_owned(), value.to_owned()));
                 }
                 ENV_METRICS_SITE_LABELS => {
                     self.config.metrics_site_labels = parse_count_or_zero(name, value)?
@@ -344,6 +348,11 @@ impl WatchConfigBuilder {
             ));
         }
         if c.report_every.is_some() && c.timeline_tick.is_none() {
+            const NEEDS_TIMELINE: &str =
+                "the report needs the timeline (its thread emits it); the timeline is off";
+            if let Some((variable, value)) = self.report_from.as_ref().or(self.tick_from.as_ref()) {
+                return Err(invalid_variable(variable, value, NEEDS_TIMELINE));
+            }
             return Err(invalid_setting(
                 "report_every",
                 "Some(..)",
