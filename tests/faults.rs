@@ -10,15 +10,13 @@
 //! gate, every event is recorded.
 mod support;
 
-use std::collections::HashMap;
-use std::fmt;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{PoolError, Timeouts};
 use poolwatch::{Guard, WatchConfig, WatchedPool};
 use support::pg;
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
@@ -30,7 +28,7 @@ struct Seen {
     level: Level,
     thread: Option<String>,
     message: String,
-    fields: HashMap<String, String>,
+    fields: BTreeMap<String, String>,
 }
 
 /// A gate a blocking subscriber waits at: closed until opened.
@@ -72,36 +70,18 @@ static FAULTY: OnceLock<Arc<Faulty>> = OnceLock::new();
 
 struct FaultyLayer(Arc<Faulty>);
 
-struct Visitor<'a>(&'a mut Seen);
-
-impl Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let text = format!("{value:?}");
-        if field.name() == "message" {
-            self.0.message = text;
-        } else {
-            self.0.fields.insert(field.name().to_owned(), text);
-        }
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .fields
-            .insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
 impl<S: Subscriber> Layer<S> for FaultyLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         if event.metadata().target() != poolwatch::TARGET {
             return;
         }
-        let mut seen = Seen {
+        let (message, fields) = support::capture::fields_of(event);
+        let seen = Seen {
             level: *event.metadata().level(),
             thread: std::thread::current().name().map(str::to_owned),
-            message: String::new(),
-            fields: HashMap::new(),
+            message,
+            fields,
         };
-        event.record(&mut Visitor(&mut seen));
         let pool = seen.fields.get("pool").cloned().unwrap_or_default();
         self.0.events.lock().unwrap().push(seen.clone());
         if pool.starts_with("panic-") {

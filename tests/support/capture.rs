@@ -56,18 +56,28 @@ impl Visit for Visitor<'_> {
     }
 }
 
+/// The message and every other field of an event, as text.
+pub fn fields_of(event: &Event<'_>) -> (String, BTreeMap<String, String>) {
+    let mut captured = Captured {
+        level: *event.metadata().level(),
+        message: String::new(),
+        fields: BTreeMap::new(),
+    };
+    event.record(&mut Visitor(&mut captured));
+    (captured.message, captured.fields)
+}
+
 impl<S: Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         if event.metadata().target() != poolwatch::TARGET {
             return;
         }
-        let mut captured = Captured {
+        let (message, fields) = fields_of(event);
+        self.events.lock().unwrap().push(Captured {
             level: *event.metadata().level(),
-            message: String::new(),
-            fields: BTreeMap::new(),
-        };
-        event.record(&mut Visitor(&mut captured));
-        self.events.lock().unwrap().push(captured);
+            message,
+            fields,
+        });
     }
 }
 
