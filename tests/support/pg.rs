@@ -470,14 +470,19 @@ fn start_throwaway() -> Result<(tokio_postgres::Config, String), String> {
         format!("throwaway PostgreSQL {version} at {}", dir.display())
     };
 
+    Ok((cluster_config(&dir), description))
+}
+
+/// How to connect to a cluster in `dir`: its unix socket, as `postgres`.
+fn cluster_config(dir: &Path) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
-        .host_path(&dir)
+        .host_path(dir)
         .port(SOCKET_PORT)
         .user("postgres")
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(10));
-    Ok((config, description))
+    config
 }
 
 /// The server options the supervisor starts the cluster with (`pg_ctl -o`).
@@ -508,13 +513,7 @@ pub struct Cluster {
 pub fn private_cluster() -> Result<Cluster, String> {
     let (bin, as_root, runuser, dir) = prepare_cluster()?;
     let supervisor = spawn_supervisor(&dir, &bin, as_root, &runuser)?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(&dir)
-        .port(SOCKET_PORT)
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(10));
+    let config = cluster_config(&dir);
     Ok(Cluster {
         dir,
         bin,
