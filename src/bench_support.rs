@@ -24,8 +24,9 @@ impl Ledger {
     /// Opens `n` checkouts acquired now at the caller's line, no span,
     /// zero wait, in this thread's shard, and never closes them. Under
     /// `leak-report` each captures a stack if the stack mode wants it.
+    /// Returns the acquire time they all share.
     #[track_caller]
-    pub fn open(&self, n: usize) {
+    pub fn open(&self, n: usize) -> Instant {
         let location: &'static Location<'static> = Location::caller();
         let shard = self.0.local_shard();
         let acquired_at = Instant::now();
@@ -39,6 +40,29 @@ impl Ledger {
             #[cfg(feature = "leak-report")]
             shard.capture_stack(_key);
         }
+        acquired_at
+    }
+
+    /// One checkout record opened and closed as a guard does on the hot
+    /// path (span lookup, shard, `Arc`, close with a clock read and the
+    /// checks of the report), without a pool: the bookkeeping's own cost.
+    #[track_caller]
+    #[inline(never)]
+    pub fn open_close(&self) {
+        let location: &'static Location<'static> = Location::caller();
+        let shard = self.0.local_shard();
+        let (key, id) = shard.open(Checkout {
+            location,
+            span: crate::site::SpanRef::current(),
+            waited: std::time::Duration::ZERO,
+            acquired_at: Instant::now(),
+        });
+        let record = crate::guard::Record {
+            shard: Arc::clone(shard),
+            key,
+            id,
+        };
+        record.finish(crate::outcome::Outcome::Returned);
     }
 
     /// Checkouts outstanding in the ledger.

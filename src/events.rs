@@ -12,7 +12,7 @@ use crate::ledger::activity::{TransactionEnded, TransactionEnding};
 use crate::ledger::connections::LastHolder;
 #[cfg(feature = "leak-report")]
 use crate::ledger::Flagged;
-use crate::ledger::{Closed, Ledger, Outstanding, Settings};
+use crate::ledger::{Closed, Ledger, Settings, TransactionHolder};
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::{CallSite, SpanInfo, SpanRef};
 use crate::snapshot::PoolStatus;
@@ -161,7 +161,7 @@ pub(crate) fn holders(ledger: &Ledger, now: Instant) -> Vec<Holders> {
     let mut groups: Vec<Holders> = Vec::new();
     ledger.for_each_outstanding(|entry| {
         let site = entry.site();
-        let held = now.saturating_duration_since(entry.acquired_at);
+        let held = entry.held(now);
         match groups.iter_mut().find(|g| g.site == site) {
             Some(g) => {
                 g.count += 1;
@@ -314,7 +314,7 @@ fn report_database_findings(settings: &Settings, closed: &Closed) {
 /// commit or rollback (the `?` early-return path), DEBUG otherwise.
 pub(crate) fn transaction_ended(
     settings: &Settings,
-    entry: &Outstanding,
+    entry: &TransactionHolder,
     ended: &TransactionEnded,
 ) {
     #[cfg(feature = "metrics")]
@@ -323,9 +323,9 @@ pub(crate) fn transaction_ended(
             .metrics
             .error_path(crate::export::ErrorPath::RolledBackByDrop);
     }
-    let site = entry.site();
+    let site = CallSite::from(entry.location);
     let transaction_site = CallSite::from(ended.site);
-    let statement = entry.activity().last_statement.to_display();
+    let statement = entry.last_statement.to_display();
     let statement = statement.as_deref().unwrap_or("");
     guarded(|| {
         if ended.ending == TransactionEnding::RolledBackByDrop {
@@ -338,7 +338,7 @@ pub(crate) fn transaction_ended(
                 span = %SpanName(entry.span.map(SpanRef::info)),
                 transaction_ms = millis(ended.duration),
                 idle_in_transaction_ms = millis(ended.idle),
-                backend_pid = entry.activity().backend_pid,
+                backend_pid = entry.backend_pid,
                 statement,
                 ending = ended.ending.as_str(),
                 "transaction begun at {} was dropped without commit or rollback after {} \
@@ -357,7 +357,7 @@ pub(crate) fn transaction_ended(
                 span = %SpanName(entry.span.map(SpanRef::info)),
                 transaction_ms = millis(ended.duration),
                 idle_in_transaction_ms = millis(ended.idle),
-                backend_pid = entry.activity().backend_pid,
+                backend_pid = entry.backend_pid,
                 ending = ended.ending.as_str(),
                 "transaction begun at {} {} after {} ({} idle)",
                 transaction_site,

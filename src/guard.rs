@@ -48,6 +48,13 @@ impl Record {
         self.shard.close(self.key, outcome, Instant::now())
     }
 
+    /// Closes the record and reports its ending.
+    pub(crate) fn finish(&self, outcome: Outcome) {
+        if let Some(closed) = self.close(outcome) {
+            self.report(&closed, outcome);
+        }
+    }
+
     /// Emits what the ending calls for, after the ledger lock is released.
     fn report(&self, closed: &Closed, outcome: Outcome) {
         let settings = &self.shard.settings;
@@ -146,9 +153,7 @@ impl<M: Manager> Guard<M> {
     }
 
     fn finish(&self, outcome: Outcome) {
-        if let Some(closed) = self.record.close(outcome) {
-            self.record.report(&closed, outcome);
-        }
+        self.record.finish(outcome);
     }
 }
 

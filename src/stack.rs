@@ -9,7 +9,6 @@
 
 use std::ffi::c_void;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 /// Frames kept per stack. The user's code sits right below poolwatch's own
 /// few frames; the runtime's frames further down are not worth the cost.
@@ -18,10 +17,10 @@ pub(crate) const MAX_FRAMES: usize = 32;
 /// User frames shown in a report; the rest are counted.
 const MAX_SHOWN: usize = 16;
 
-/// A captured stack: raw return addresses, innermost first. An `Arc` so the
-/// watchdog can copy it out of the ledger under the lock without
-/// allocating.
-pub(crate) type RawStack = Arc<[usize]>;
+/// A captured stack: raw return addresses, innermost first. A boxed slice
+/// (no header: 8 bytes a frame); the rare copies (a guard flagged by the
+/// watchdog) allocate.
+pub(crate) type RawStack = Box<[usize]>;
 
 /// The current thread's stack, as raw return addresses.
 #[inline(never)]
@@ -43,7 +42,7 @@ pub(crate) fn capture() -> RawStack {
     };
     #[cfg(windows)]
     backtrace::trace(record);
-    Arc::from(&ips[..len])
+    Box::from(&ips[..len])
 }
 
 /// Frames that are not the user's: poolwatch itself, the runtime, the

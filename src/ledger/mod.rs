@@ -14,6 +14,7 @@ pub(crate) mod connections;
 mod model;
 mod shard;
 mod stats;
+mod ticks;
 
 use std::collections::HashMap;
 use std::panic::Location;
@@ -35,7 +36,7 @@ use crate::timeline::Timeline;
 use activity::TransactionEnding;
 use connections::{Connections, LastHolder};
 use shard::ShardState;
-pub(crate) use shard::{Checkout, Closed, Outstanding};
+pub(crate) use shard::{Checkout, Closed, Held, Outstanding, TransactionHolder};
 #[cfg(feature = "leak-report")]
 pub(crate) use shard::{Cutoffs, Flagged};
 use stats::SiteStats;
@@ -228,7 +229,7 @@ impl Shard {
         &self,
         key: usize,
         ending: TransactionEnding,
-    ) -> Option<(Outstanding, activity::TransactionEnded)> {
+    ) -> Option<(TransactionHolder, activity::TransactionEnded)> {
         self.state
             .lock()
             .transaction_ended(key, Instant::now(), ending)
@@ -411,12 +412,10 @@ impl Ledger {
     }
 
     /// Calls `f` on every outstanding checkout, one shard lock at a time.
-    pub(crate) fn for_each_outstanding(&self, mut f: impl FnMut(&Outstanding)) {
+    pub(crate) fn for_each_outstanding(&self, mut f: impl FnMut(Held<'_>)) {
         for shard in self.shards.iter() {
             let state = shard.state.lock();
-            for (_, entry) in state.outstanding.iter() {
-                f(entry);
-            }
+            state.iter_held().for_each(&mut f);
         }
     }
 
@@ -457,10 +456,10 @@ impl Ledger {
         let mut guards = Vec::new();
         self.for_each_outstanding(|entry| {
             guards.push(OutstandingGuard {
-                id: entry.id,
+                id: entry.id(),
                 site: entry.site(),
                 span: entry.span.map(SpanRef::info),
-                held: now.saturating_duration_since(entry.acquired_at),
+                held: entry.held(now),
                 busy: entry.activity().busy(now),
                 backend_pid: entry.activity().backend_pid,
                 last_statement: entry.activity().last_statement.to_display(),
@@ -507,7 +506,7 @@ impl Ledger {
     fn merge_stats(
         &self,
         key_of_stats: impl Fn(&SiteStats) -> StatsKey,
-        key_of_entry: impl Fn(&Outstanding) -> StatsKey,
+        key_of_entry: impl Fn(Held<'_>) -> StatsKey,
     ) -> (Vec<SiteStats>, Vec<(StatsKey, u64)>) {
         let mut merged: Vec<SiteStats> = Vec::new();
         let mut outstanding: Vec<(StatsKey, u64)> = Vec::new();
@@ -524,7 +523,7 @@ impl Ledger {
                     }
                 }
             }
-            for (_, entry) in state.outstanding.iter() {
+            for entry in state.iter_held() {
                 let key = key_of_entry(entry);
                 match outstanding.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, n)) => *n += 1,

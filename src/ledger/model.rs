@@ -351,7 +351,7 @@ impl Model {
         for shard in &self.shards {
             let state = shard.state.lock().unwrap();
             Self::check_shard(&state);
-            let in_table: HashSet<u64> = state.outstanding.iter().map(|(_, e)| e.id).collect();
+            let in_table: HashSet<u64> = state.outstanding.iter().map(|(_, e)| e.id()).collect();
             for id in &in_table {
                 assert!(
                     forgotten.contains(id),
