@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::WatchConfig;
-use crate::ledger::{self, Checkout};
+use crate::ledger::{self, Checkout, Ticks};
 
 /// A pool's ledger without a pool: outstanding checkouts opened directly,
 /// as `WatchedPool::get` would open them.
@@ -35,7 +35,7 @@ impl Ledger {
                 location,
                 span: None,
                 waited: std::time::Duration::ZERO,
-                acquired_at,
+                acquired: Ticks::of(acquired_at),
             });
             #[cfg(feature = "leak-report")]
             shard.capture_stack(_key);
@@ -55,7 +55,7 @@ impl Ledger {
             location,
             span: crate::site::SpanRef::current(),
             waited: std::time::Duration::ZERO,
-            acquired_at: Instant::now(),
+            acquired: Ticks::now(),
         });
         let record = crate::guard::Record {
             shard: Arc::clone(shard),
@@ -76,7 +76,7 @@ impl Ledger {
     /// many guards it flagged.
     #[cfg(feature = "leak-report")]
     pub fn scan(&self, now: Instant, threshold: std::time::Duration) -> usize {
-        self.0.flag_overdue(now, threshold).len()
+        self.0.flag_overdue(Ticks::of(now), threshold).len()
     }
 }
 

@@ -6,13 +6,13 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ledger::activity::{TransactionEnded, TransactionEnding};
 use crate::ledger::connections::LastHolder;
 #[cfg(feature = "leak-report")]
 use crate::ledger::Flagged;
-use crate::ledger::{Closed, Ledger, Settings, TransactionHolder};
+use crate::ledger::{Closed, Ledger, Settings, Ticks, TransactionHolder};
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::{CallSite, SpanInfo, SpanRef};
 use crate::snapshot::PoolStatus;
@@ -157,7 +157,7 @@ pub(crate) struct Holders {
 }
 
 /// Groups the outstanding guards by call site, most guards first.
-pub(crate) fn holders(ledger: &Ledger, now: Instant) -> Vec<Holders> {
+pub(crate) fn holders(ledger: &Ledger, now: Ticks) -> Vec<Holders> {
     let mut groups: Vec<Holders> = Vec::new();
     ledger.for_each_outstanding(|entry| {
         let site = entry.site();

@@ -3,12 +3,11 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::Instant;
 
 use deadpool::managed::{Manager, Object};
 
 use crate::events;
-use crate::ledger::{Closed, Shard};
+use crate::ledger::{Closed, Shard, Ticks};
 use crate::outcome::Outcome;
 
 /// A connection checked out through [`WatchedPool`](crate::WatchedPool).
@@ -45,7 +44,7 @@ impl Record {
     /// Closes the record in the ledger. Never panics.
     #[inline]
     fn close(&self, outcome: Outcome) -> Option<Closed> {
-        self.shard.close(self.key, outcome, Instant::now())
+        self.shard.close(self.key, outcome, Ticks::now())
     }
 
     /// Closes the record and reports its ending.

@@ -12,7 +12,7 @@ use deadpool::managed::{Manager, Object, Pool, PoolError, Timeouts};
 use crate::config::WatchConfig;
 use crate::events::{self, FailedAcquire};
 use crate::guard::Guard;
-use crate::ledger::{Checkout, Ledger};
+use crate::ledger::{Checkout, Ledger, Ticks};
 use crate::outcome::AcquireFailure;
 use crate::report::Report;
 use crate::site::{CallSite, SpanInfo, SpanRef};
@@ -193,7 +193,7 @@ impl<M: Manager> WatchedPool<M> {
             location,
             span,
             waited,
-            acquired_at,
+            acquired: Ticks::now(),
         });
         #[cfg(feature = "metrics")]
         {
@@ -238,7 +238,7 @@ impl<M: Manager> WatchedPool<M> {
         let Some(permit) = self.ledger.settings.failed_acquire_events.permit() else {
             return;
         };
-        let holders = events::holders(&self.ledger, Instant::now());
+        let holders = events::holders(&self.ledger, Ticks::now());
         let failed = FailedAcquire {
             site: CallSite::from(location),
             span,

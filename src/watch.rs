@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool::managed::{Manager, Pool};
 
 use crate::events::{self, Ending};
 use crate::ledger::Ledger;
+use crate::ledger::Ticks;
 use crate::watchdog::{self, Watched};
 
 /// Held only by the [`WatchedPool`](crate::WatchedPool) handles (guards hold
@@ -42,7 +43,7 @@ impl<M: Manager> PoolWatch<M> {
             return;
         }
         let settings = &self.ledger.settings;
-        for flagged in self.ledger.flag_all(Instant::now()) {
+        for flagged in self.ledger.flag_all(Ticks::now()) {
             #[cfg(feature = "metrics")]
             settings.metrics.on_never_returned();
             events::never_returned(settings, &flagged, ending);
@@ -63,7 +64,7 @@ impl<M: Manager> Watched for PoolWatch<M> {
         self.ledger.settings.hold_threshold()
     }
 
-    fn scan(&self, now: Instant) {
+    fn scan(&self, now: Ticks) {
         let threshold = self.hold_threshold();
         let flagged = self.ledger.flag_overdue(now, threshold);
         if flagged.is_empty() {

@@ -10,16 +10,18 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::ledger::Ticks;
 
 /// What the watchdog needs of one pool.
 pub(crate) trait Watched: Send + Sync {
     /// The pool's hold threshold now.
     fn hold_threshold(&self) -> Duration;
     /// Flags and reports the guards held past the threshold as of `now`.
-    fn scan(&self, now: Instant);
+    fn scan(&self, now: Ticks);
 }
 
 struct Registry {
@@ -112,7 +114,7 @@ fn run() {
         // Scan and report without the registry lock; dropping `pools` may
         // run a pool's last `Drop`, which wakes us through that lock.
         MutexGuard::unlocked(&mut registry, move || {
-            let now = Instant::now();
+            let now = Ticks::now();
             for pool in &pools {
                 // A bug in a scan must not end the watchdog for every pool.
                 let _ = catch_unwind(AssertUnwindSafe(|| pool.scan(now)));

@@ -40,6 +40,7 @@ pub(crate) use shard::{Checkout, Closed, Held, Outstanding, TransactionHolder};
 #[cfg(feature = "leak-report")]
 pub(crate) use shard::{Cutoffs, Flagged};
 use stats::SiteStats;
+pub(crate) use ticks::Ticks;
 
 /// Decides which call sites get statistics of their own (bounded memory).
 pub(crate) struct SiteInterner {
@@ -176,7 +177,7 @@ impl Shard {
             .open((self.index, self.count), checkout, &self.settings)
     }
 
-    pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
+    pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Ticks) -> Option<Closed> {
         let mut closed = self.state.lock().close(key, outcome, now)?;
         let Some(activity) = closed.activity.as_deref() else {
             return Some(closed); // no database call: nothing to decide
@@ -362,7 +363,7 @@ impl Ledger {
         PoolSnapshot {
             pool: self.settings.pool_name.clone(),
             status,
-            outstanding: self.outstanding(Instant::now()),
+            outstanding: self.outstanding(),
             sites: self.sites(),
             spans: self.spans(),
         }
@@ -423,7 +424,7 @@ impl Ledger {
     /// levels) since the last scan. Each shard's lock is held for one pass
     /// over its outstanding table.
     #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_overdue(&self, now: Instant, threshold: Duration) -> Vec<Flagged> {
+    pub(crate) fn flag_overdue(&self, now: Ticks, threshold: Duration) -> Vec<Flagged> {
         let cutoffs = Cutoffs::new(now, threshold);
         let mut flagged = Vec::new();
         for shard in self.shards.iter() {
@@ -435,7 +436,7 @@ impl Ledger {
     /// Every outstanding guard, marked flagged, oldest first: the
     /// never-returned report.
     #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_all(&self, now: Instant) -> Vec<Flagged> {
+    pub(crate) fn flag_all(&self, now: Ticks) -> Vec<Flagged> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             shard.state.lock().flag_all(now, &mut all);
@@ -452,7 +453,9 @@ impl Ledger {
     }
 
     /// Every outstanding checkout, oldest first.
-    pub(crate) fn outstanding(&self, now: Instant) -> Vec<OutstandingGuard> {
+    pub(crate) fn outstanding(&self) -> Vec<OutstandingGuard> {
+        // Holds on the ledger's clock, database calls on the standard one.
+        let (now, now_std) = (Ticks::now(), Instant::now());
         let mut guards = Vec::new();
         self.for_each_outstanding(|entry| {
             guards.push(OutstandingGuard {
@@ -460,7 +463,7 @@ impl Ledger {
                 site: entry.site(),
                 span: entry.span.map(SpanRef::info),
                 held: entry.held(now),
-                busy: entry.activity().busy(now),
+                busy: entry.activity().busy(now_std),
                 backend_pid: entry.activity().backend_pid,
                 last_statement: entry.activity().last_statement.to_display(),
                 in_transaction: entry.activity().open_transaction(),

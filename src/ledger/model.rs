@@ -43,7 +43,7 @@ use shuttle::thread;
 use super::shard::{Checkout, Closed, ShardState};
 #[cfg(feature = "leak-report")]
 use super::shard::{Cutoffs, Flagged};
-use super::{Ledger, Settings};
+use super::{Ledger, Settings, Ticks};
 use crate::config::WatchConfig;
 use crate::outcome::Outcome;
 
@@ -161,7 +161,7 @@ impl Model {
             location,
             span: None,
             waited: Duration::ZERO,
-            acquired_at: self.base,
+            acquired: Ticks::of(self.base),
         };
         let count = self.shards.len() as u64;
         let (key, id) = state.open((model_shard.index, count), checkout, &self.settings);
@@ -194,7 +194,7 @@ impl Model {
 
     fn close(&self, held: Held, outcome: Outcome) -> Option<Closed> {
         let mut state = self.shards[held.shard].state.lock().unwrap();
-        let closed = state.close(held.key, outcome, self.base + THRESHOLD / 2);
+        let closed = state.close(held.key, outcome, Ticks::of(self.base + THRESHOLD / 2));
         Self::check_shard(&state);
         let id = closed.as_ref().map(|c| c.id);
         #[cfg(feature = "leak-report")]
@@ -215,7 +215,7 @@ impl Model {
     /// The watchdog's scan: one shard lock at a time, as `Ledger::flag_overdue`.
     #[cfg(feature = "leak-report")]
     fn scan(&self, factor: u32) {
-        let cutoffs = Cutoffs::new(self.base + THRESHOLD * factor, THRESHOLD);
+        let cutoffs = Cutoffs::new(Ticks::of(self.base + THRESHOLD * factor), THRESHOLD);
         for shard in &self.shards {
             let mut state = shard.state.lock().unwrap();
             let mut out: Vec<Flagged> = Vec::new();
@@ -237,7 +237,7 @@ impl Model {
         for shard in &self.shards {
             let mut state = shard.state.lock().unwrap();
             let mut out: Vec<Flagged> = Vec::new();
-            state.flag_all(self.base + THRESHOLD * 20, &mut out);
+            state.flag_all(Ticks::of(self.base + THRESHOLD * 20), &mut out);
             for flagged in out {
                 self.push(Event::SweptNeverReturned { id: flagged.id });
             }

@@ -75,8 +75,8 @@ impl Held<'_> {
     }
 
     /// How long it has been held at `now`.
-    pub(crate) fn held(&self, now: Instant) -> Duration {
-        self.acquired.until(Ticks::of(now))
+    pub(crate) fn held(&self, now: Ticks) -> Duration {
+        self.acquired.until(now)
     }
 }
 
@@ -133,7 +133,7 @@ pub(crate) struct Checkout {
     pub(crate) location: &'static Location<'static>,
     pub(crate) span: Option<SpanRef>,
     pub(crate) waited: Duration,
-    pub(crate) acquired_at: Instant,
+    pub(crate) acquired: Ticks,
 }
 
 /// What closing a checkout tells the event layer.
@@ -172,8 +172,7 @@ impl Cutoffs {
     pub(crate) const FACTORS: [u32; 3] = [1, 4, 16];
     pub(crate) const LEVELS: u8 = 3;
 
-    pub(crate) fn new(now: Instant, threshold: Duration) -> Self {
-        let now = Ticks::of(now);
+    pub(crate) fn new(now: Ticks, threshold: Duration) -> Self {
         let at = Self::FACTORS.map(|k| {
             threshold
                 .checked_mul(k)
@@ -406,7 +405,7 @@ impl ShardState {
             #[cfg(feature = "leak-report")]
             stack: None,
         });
-        let acquired = Ticks::of(checkout.acquired_at);
+        let acquired = checkout.acquired;
         match self.acquired.get_mut(key) {
             Some(slot) => *slot = acquired,
             None => self.acquired.push(acquired), // the slab grew by one
@@ -417,11 +416,15 @@ impl ShardState {
     /// Closes a checkout record. `None` only if the key is not outstanding,
     /// which the guard's ownership of its key rules out.
     #[inline]
-    pub(crate) fn close(&mut self, key: usize, outcome: Outcome, now: Instant) -> Option<Closed> {
+    pub(crate) fn close(&mut self, key: usize, outcome: Outcome, now: Ticks) -> Option<Closed> {
         let entry = self.outstanding.try_remove(key)?;
         let acquired = std::mem::replace(&mut self.acquired[key], Ticks::NEVER);
-        let held = acquired.until(Ticks::of(now));
-        let activity = entry.activity.as_ref().map(|a| Box::new(a.summary(now)));
+        let held = acquired.until(now);
+        // Database calls are timed on the standard clock.
+        let activity = entry
+            .activity
+            .as_ref()
+            .map(|a| Box::new(a.summary(Instant::now())));
         let location = self.origins[entry.origin as usize].location;
         let stats = self.stats_of(entry.origin);
         stats.record_close(held, outcome);
@@ -594,8 +597,7 @@ impl ShardState {
     /// Copies every outstanding guard into `out` for the never-returned
     /// report, marking each as flagged so its return (if any) says so.
     #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_all(&mut self, now: Instant, out: &mut Vec<Flagged>) {
-        let now = Ticks::of(now);
+    pub(crate) fn flag_all(&mut self, now: Ticks, out: &mut Vec<Flagged>) {
         for (_, entry) in self.outstanding.iter_mut() {
             entry.flagged = entry.flagged.max(1);
         }
@@ -633,13 +635,14 @@ mod tests {
         let settings = Arc::clone(&super::super::Ledger::new(&config).settings);
         let mut state = ShardState::new();
         let threshold = Duration::from_secs(10);
-        let early = Instant::now() + Duration::from_secs(100);
-        let open = |state: &mut ShardState, at: Instant| {
+        let base = Instant::now() + Duration::from_secs(100);
+        let early = Ticks::of(base);
+        let open = |state: &mut ShardState, at: Ticks| {
             let checkout = Checkout {
                 location: Location::caller(),
                 span: None,
                 waited: Duration::ZERO,
-                acquired_at: at,
+                acquired: at,
             };
             state.open((0, 1), checkout, &settings)
         };
@@ -650,12 +653,13 @@ mod tests {
         state.close(third_key, Outcome::Returned, early).unwrap();
         state.close(middle_key, Outcome::Returned, early).unwrap();
         // The freed key is reused by a checkout acquired much later.
-        let late = early + 3 * threshold;
+        let late = Ticks::of(base + 3 * threshold);
         let (reused_key, _) = open(&mut state, late);
         assert_eq!(reused_key, middle_key);
 
         let mut flagged = Vec::new();
-        let now = early + 2 * threshold; // the early ones are overdue
+        // The early ones are overdue.
+        let now = Ticks::of(base + 2 * threshold);
         state.flag_overdue(&Cutoffs::new(now, threshold), &mut flagged);
         let mut ids: Vec<u64> = flagged.iter().map(|f| f.id).collect();
         ids.sort();
