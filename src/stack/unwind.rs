@@ -11,9 +11,10 @@
 //! * The modules (the executable, the shared libraries, the vDSO) are read
 //!   once per process from `dl_iterate_phdr`: the executable segment as the
 //!   code range, `PT_GNU_EH_FRAME` as `.eh_frame_hdr`, and `.eh_frame` from
-//!   the header's pointer up to the end of its segment. Shared libraries are
-//!   pinned (`RTLD_NODELETE`), so the sections read stay mapped for the
-//!   life of the process; one that cannot be pinned is left out.
+//!   the header's pointer up to the end of its segment (both must be in
+//!   read-only segments). Shared libraries are pinned (`RTLD_NODELETE`), so
+//!   the sections read stay mapped for the life of the process; a module
+//!   that cannot be pinned, or has no such sections, is left out.
 //! * Each thread has its own rule cache and its own stack bounds: no lock,
 //!   no shared cache line written.
 //! * Only the current thread's stack is read, between the stack pointer of
@@ -191,9 +192,9 @@ impl Process {
             if !(pinned && still_there) {
                 continue;
             }
-            // SAFETY: both ranges lie in segments of a module that cannot
-            // be unloaded any more (checked above): mapped and readable for
-            // the life of the process. The segments are read-only.
+            // SAFETY: both ranges lie in read-only segments (see `module`)
+            // of a module that cannot be unloaded any more (checked above):
+            // mapped, readable and unchanging for the life of the process.
             let (eh_frame_hdr, eh_frame) =
                 unsafe { (bytes(&module.eh_frame_hdr), bytes(&module.eh_frame)) };
             let svma = |r: &Range<u64>| r.start - module.base..r.end - module.base;
@@ -309,9 +310,12 @@ unsafe fn module(info: &libc::dl_phdr_info) -> Option<Found> {
         .iter()
         .find(|h| h.p_type == libc::PT_GNU_EH_FRAME)
         .and_then(at)?;
-    // The header's segment must be mapped around it before it is read.
+    // The read-only segment around an address: the header must be mapped
+    // before it is read, and nothing may write to the sections while
+    // framehop reads them.
     let segment_of = |address: u64| {
         loads()
+            .filter(|h| h.p_flags & libc::PF_W == 0)
             .filter_map(at)
             .find(|segment| segment.start <= address && address < segment.end)
     };
