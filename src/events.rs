@@ -65,8 +65,8 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
             target: TARGET,
             pool = %settings.pool_name,
             guard = closed.id,
-            site = %closed.site,
-            span = %SpanName(closed.span),
+            site = %closed.site(),
+            span = %SpanName(closed.span()),
             held_ms = millis(closed.held),
             busy_ms = millis(closed.activity().busy),
             backend_pid = closed.activity().backend_pid,
@@ -79,7 +79,7 @@ pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome:
             "connection held for {} (threshold {}) by {}",
             human(closed.held),
             human(threshold),
-            closed.site,
+            closed.site(),
         );
     });
 }
@@ -104,15 +104,15 @@ pub(crate) fn dropped_while_panicking(settings: &Settings, closed: &Closed) {
             target: TARGET,
             pool = %settings.pool_name,
             guard = closed.id,
-            site = %closed.site,
-            span = %SpanName(closed.span),
+            site = %closed.site(),
+            span = %SpanName(closed.span()),
             held_ms = millis(closed.held),
             busy_ms = millis(closed.activity().busy),
             backend_pid = closed.activity().backend_pid,
             outcome = Outcome::DroppedWhilePanicking.as_str(),
             backtrace = backtrace.as_deref(),
             "connection from {} dropped while panicking after {}",
-            closed.site,
+            closed.site(),
             human(closed.held),
         );
     });
@@ -273,8 +273,8 @@ fn report_database_findings(settings: &Settings, closed: &Closed) {
                 target: TARGET,
                 pool = %settings.pool_name,
                 guard = closed.id,
-                site = %closed.site,
-                span = %SpanName(closed.span),
+                site = %closed.site(),
+                span = %SpanName(closed.span()),
                 held_ms = millis(closed.held),
                 busy_ms = millis(activity.busy),
                 backend_pid = activity.backend_pid,
@@ -282,7 +282,7 @@ fn report_database_findings(settings: &Settings, closed: &Closed) {
                 action,
                 "connection from {} dropped with a database call in flight (its future was \
                  dropped unfinished); the server may still be running it, connection {}",
-                closed.site,
+                closed.site(),
                 action,
             );
         });
@@ -294,8 +294,8 @@ fn report_database_findings(settings: &Settings, closed: &Closed) {
                 target: TARGET,
                 pool = %settings.pool_name,
                 guard = closed.id,
-                site = %closed.site,
-                span = %SpanName(closed.span),
+                site = %closed.site(),
+                span = %SpanName(closed.span()),
                 held_ms = millis(closed.held),
                 busy_ms = millis(activity.busy),
                 backend_pid = activity.backend_pid,
@@ -303,7 +303,7 @@ fn report_database_findings(settings: &Settings, closed: &Closed) {
                 statement,
                 action,
                 "connection from {} returned with an open transaction; connection {}",
-                closed.site,
+                closed.site(),
                 action,
             );
         });
@@ -459,12 +459,12 @@ pub(crate) fn returned_after_flagged(settings: &Settings, closed: &Closed, outco
             target: TARGET,
             pool = %settings.pool_name,
             guard = closed.id,
-            site = %closed.site,
-            span = %SpanName(closed.span),
+            site = %closed.site(),
+            span = %SpanName(closed.span()),
             held_ms = millis(closed.held),
             outcome = outcome.as_str(),
             "connection from {} returned after being flagged; held {} in total",
-            closed.site,
+            closed.site(),
             human(closed.held),
         );
     });
@@ -482,13 +482,13 @@ pub(crate) fn detached(settings: &Settings, closed: &Closed) {
             target: TARGET,
             pool = %settings.pool_name,
             guard = closed.id,
-            site = %closed.site,
-            span = %SpanName(closed.span),
+            site = %closed.site(),
+            span = %SpanName(closed.span()),
             held_ms = millis(closed.held),
             outcome = Outcome::Detached.as_str(),
             backtrace = backtrace.as_deref(),
             "connection from {} detached from the pool after {}",
-            closed.site,
+            closed.site(),
             human(closed.held),
         );
     });

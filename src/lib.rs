@@ -82,6 +82,7 @@
 // integration only.
 #![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
+mod acquire;
 mod config;
 mod errors;
 

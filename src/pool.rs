@@ -1,21 +1,21 @@
 //! [`WatchedPool`]: deadpool's pool with every checkout recorded.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::Location;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool::managed::{Manager, Object, Pool, PoolError, Timeouts};
 
+use crate::acquire::Acquire;
 use crate::config::WatchConfig;
 use crate::events::{self, FailedAcquire};
 use crate::guard::Guard;
 use crate::ledger::{Checkout, Ledger, Ticks};
 use crate::outcome::AcquireFailure;
 use crate::report::Report;
-use crate::site::{CallSite, SpanInfo, SpanRef};
+use crate::site::{CallSite, SpanRef};
 use crate::snapshot::{PoolSnapshot, PoolStatus};
 use crate::stack_mode::StackMode;
 #[cfg(feature = "leak-report")]
@@ -49,6 +49,9 @@ use crate::watch::PoolWatch;
 /// ```
 pub struct WatchedPool<M: Manager> {
     pool: Pool<M>,
+    /// The pool's own timeouts (fixed when deadpool builds a pool), for
+    /// [`get`](Self::get).
+    timeouts: Timeouts,
     ledger: Arc<Ledger>,
     /// Shared by the handles only: its `Drop` is the last handle's.
     #[cfg(feature = "leak-report")]
@@ -59,6 +62,7 @@ impl<M: Manager> Clone for WatchedPool<M> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            timeouts: self.timeouts,
             ledger: Arc::clone(&self.ledger),
             #[cfg(feature = "leak-report")]
             watch: Arc::clone(&self.watch),
@@ -106,6 +110,7 @@ impl<M: Manager> WatchedPool<M> {
         Self {
             #[cfg(feature = "leak-report")]
             watch: PoolWatch::start(pool.clone(), Arc::clone(&ledger)),
+            timeouts: pool.timeouts(),
             pool,
             ledger,
         }
@@ -124,7 +129,13 @@ impl<M: Manager> WatchedPool<M> {
     /// ```
     #[track_caller]
     pub fn get(&self) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + '_ {
-        self.checkout(Location::caller(), None)
+        // deadpool's `get()` is `timeout_get(&self.timeouts())` inside one
+        // more future; the pool's timeouts, kept here, skip that layer.
+        Acquire::new(
+            self,
+            Location::caller(),
+            self.pool.timeout_get(&self.timeouts),
+        )
     }
 
     /// Checks out a connection with explicit timeouts, like deadpool's
@@ -141,59 +152,31 @@ impl<M: Manager> WatchedPool<M> {
     /// # Ok(()) }
     /// ```
     #[track_caller]
-    pub fn timeout_get(
-        &self,
-        timeouts: &Timeouts,
-    ) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + '_ {
-        self.checkout(Location::caller(), Some(*timeouts))
+    pub fn timeout_get<'a>(
+        &'a self,
+        timeouts: &'a Timeouts,
+    ) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + 'a {
+        Acquire::new(self, Location::caller(), self.pool.timeout_get(timeouts))
     }
 
-    /// The checkout path: time the acquire, open a record, wrap the object.
-    ///
-    /// deadpool's `get()` is `timeout_get(&self.timeouts())`; calling
-    /// `timeout_get` here, inside one future, avoids moving deadpool's large
-    /// future between states (that memcpy cost more than the bookkeeping).
-    async fn checkout(
+    /// Opens the checkout record of an acquired object and wraps it.
+    /// `waiting_since`: when the acquire first had to wait, if it did.
+    #[inline]
+    pub(crate) fn opened(
         &self,
+        object: Object<M>,
         location: &'static Location<'static>,
-        timeouts: Option<Timeouts>,
-    ) -> Result<Guard<M>, PoolError<M::Error>> {
-        let timeouts = timeouts.unwrap_or_else(|| self.pool.timeouts());
+        waiting_since: Option<Ticks>,
+    ) -> Guard<M> {
+        let acquired = Ticks::now();
+        let waited = waiting_since.map_or(Duration::ZERO, |since| since.until(acquired));
         let span = SpanRef::current();
-        let mut acquire = pin!(self.pool.timeout_get(&timeouts));
-        // The clock is read only if the acquire has to wait: an acquire that
-        // completes on its first poll waited for nothing (and on a warm pool
-        // that is the common case, worth one clock read saved).
-        let mut waiting_since: Option<Instant> = None;
-        let result = poll_fn(|cx| {
-            let poll = acquire.as_mut().poll(cx);
-            if poll.is_pending() && waiting_since.is_none() {
-                waiting_since = Some(Instant::now());
-            }
-            poll
-        })
-        .await;
-        let object = match result {
-            Ok(object) => object,
-            Err(error) => {
-                let waited = waiting_since.map_or(Duration::ZERO, |since| since.elapsed());
-                self.acquire_failed(location, span.map(SpanRef::info), waited, &error);
-                return Err(error);
-            }
-        };
-        // deadpool stamps each object when it recycles or creates it inside
-        // this `get`: that is the acquire time, without another clock read.
-        let metrics = Object::metrics(&object);
-        let acquired_at = metrics.recycled.unwrap_or(metrics.created);
-        let waited = waiting_since.map_or(Duration::ZERO, |since| {
-            acquired_at.saturating_duration_since(since)
-        });
         let shard = self.ledger.local_shard();
         let (key, id) = shard.open(Checkout {
             location,
             span,
             waited,
-            acquired: Ticks::now(),
+            acquired,
         });
         #[cfg(feature = "metrics")]
         {
@@ -214,17 +197,19 @@ impl<M: Manager> WatchedPool<M> {
                 waited,
             );
         }
-        Ok(Guard::new(object, Arc::clone(shard), key, id))
+        Guard::new(object, Arc::clone(shard), key, id)
     }
 
+    /// Records a failed acquire and reports it (rate-limited).
     #[cold]
-    fn acquire_failed(
+    pub(crate) fn acquire_failed(
         &self,
         location: &'static Location<'static>,
-        span: Option<SpanInfo>,
-        waited: Duration,
+        waiting_since: Option<Ticks>,
         error: &PoolError<M::Error>,
     ) {
+        let waited = waiting_since.map_or(Duration::ZERO, |since| since.until(Ticks::now()));
+        let span = SpanRef::current().map(SpanRef::info);
         let failure = AcquireFailure::of(error);
         self.ledger.record_failure(location, span, waited, failure);
         #[cfg(feature = "metrics")]

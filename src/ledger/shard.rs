@@ -120,6 +120,14 @@ impl Outstanding {
 }
 
 impl Closed {
+    pub(crate) fn site(&self) -> CallSite {
+        CallSite::from(self.location)
+    }
+
+    pub(crate) fn span(&self) -> Option<SpanInfo> {
+        self.span.map(SpanRef::info)
+    }
+
     /// The database side of the hold (idle when the holder made no
     /// instrumented call).
     pub(crate) fn activity(&self) -> &ActivitySummary {
@@ -136,14 +144,14 @@ pub(crate) struct Checkout {
     pub(crate) acquired: Ticks,
 }
 
-/// What closing a checkout tells the event layer.
+/// What closing a checkout tells the event layer. Kept small: it is
+/// returned through the hot path on every return.
 #[derive(Clone, Debug)]
 pub(crate) struct Closed {
     pub(crate) id: u64,
-    pub(crate) site: CallSite,
-    pub(crate) span: Option<SpanInfo>,
-    pub(crate) held: Duration,
     pub(crate) location: &'static Location<'static>,
+    span: Option<SpanRef>,
+    pub(crate) held: Duration,
     /// The database side of the hold (all zero for plain pools).
     /// `None` when the holder made no instrumented database call.
     pub(crate) activity: Option<Box<ActivitySummary>>,
@@ -433,10 +441,9 @@ impl ShardState {
         }
         Some(Closed {
             id: entry.id.get(),
-            site: CallSite::from(location),
-            span: entry.span.map(SpanRef::info),
-            held,
             location,
+            span: entry.span,
+            held,
             activity,
             evict: false,
             #[cfg(feature = "leak-report")]

@@ -16,8 +16,13 @@ const SIGNIFICANT_FIGURES: u8 = 2;
 /// Latencies are recorded in microseconds. `record` grows an auto-resizing
 /// histogram (`saturating_record` would clamp to its current range); the
 /// clamp is only a fallback for values past what any histogram can hold.
+#[inline]
 fn record(h: &mut Histogram<u64>, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    // u64 arithmetic (`as_micros` is u128); saturates after 584 000 years.
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
     if h.record(micros).is_err() {
         h.saturating_record(micros);
     }
