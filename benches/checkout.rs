@@ -9,6 +9,12 @@
 //!   `always`, `sample:100` and `first:1` (instead of `poolwatch`: in such a
 //!   build every pool pays for the feature).
 //!
+//! After criterion's groups, `paired` rounds alternate raw and each variant
+//! (41 rounds each way) and print the medians: on a shared machine the
+//! load drifts between criterion's one-after-the-other runs by more than
+//! the difference in question, and alternating makes the drift hit both
+//! sides alike. Those are the numbers the README quotes.
+//!
 //! ```sh
 //! cargo bench --bench checkout -- --warm-up-time 1 --measurement-time 3
 //! cargo bench --features leak-report --bench checkout -- --warm-up-time 1 --measurement-time 3
@@ -146,5 +152,81 @@ fn two_threads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, current_thread, two_threads);
+const ROUNDS: usize = 41;
+
+/// Median of `samples` (sorts them).
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Nanoseconds per checkout+return of `iters` checkouts on one task.
+fn one_task(rt: &tokio::runtime::Runtime, pool: &impl CheckoutReturn, iters: u64) -> f64 {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            pool.checkout_return().await;
+        }
+        start.elapsed().as_nanos() as f64 / iters as f64
+    })
+}
+
+/// Alternating rounds, raw then each variant, 1 task and 2 tasks on 2
+/// threads; prints medians (time per checkout, and the 2-thread
+/// throughput as a share of raw's).
+fn paired(_: &mut Criterion) {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = pg::pool(4);
+    let pools = variants(4);
+    const ITERS: u64 = 100_000;
+    for (name, pool) in &pools {
+        // Warm both runtimes' paths and connections.
+        one_task(&single, &raw, ITERS / 10);
+        one_task(&single, pool, ITERS / 10);
+        parallel(&multi, 2, ITERS / 10, &raw);
+        parallel(&multi, 2, ITERS / 10, pool);
+        let (mut raws, mut watcheds, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raws2, mut watcheds2, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let r = one_task(&single, &raw, ITERS);
+            let w = one_task(&single, pool, ITERS);
+            raws.push(r);
+            watcheds.push(w);
+            added.push(w - r);
+            let r2 = parallel(&multi, 2, ITERS, &raw).as_nanos() as f64 / ITERS as f64;
+            let w2 = parallel(&multi, 2, ITERS, pool).as_nanos() as f64 / ITERS as f64;
+            raws2.push(r2);
+            watcheds2.push(w2);
+            shares.push(r2 / w2 * 100.0);
+        }
+        println!(
+            "checkout_return/paired/current_thread/{name} ({ROUNDS} alternating rounds of \
+             {ITERS}): raw {:.1} ns, poolwatch {:.1} ns, added {:+.1} ns (median of the \
+             per-round differences)",
+            median(&mut raws),
+            median(&mut watcheds),
+            median(&mut added),
+        );
+        println!(
+            "checkout_return/paired/2_tasks_2_threads/{name}: raw {:.1} ns, poolwatch {:.1} ns \
+             per checkout, throughput {:.0} % of raw (median of the per-round ratios)",
+            median(&mut raws2),
+            median(&mut watcheds2),
+            median(&mut shares),
+        );
+    }
+}
+
+criterion_group!(benches, current_thread, two_threads, paired);
 criterion_main!(benches);

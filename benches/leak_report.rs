@@ -127,6 +127,11 @@ fn stack_capture(c: &mut Criterion) {
         }
         group.finish();
     }
+    // On Linux x86_64 every capture above took the fast walk (framehop),
+    // not the `backtrace` fallback: the numbers are the fast path's.
+    if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        assert_eq!(__bench::slow_stack_captures(), 0, "captures fell back");
+    }
 }
 
 criterion_group!(benches, watchdog_scan, stack_capture);

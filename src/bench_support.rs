@@ -92,3 +92,10 @@ pub fn entry_size() -> usize {
 pub fn capture_stack() -> usize {
     std::hint::black_box(crate::stack::capture()).len()
 }
+
+/// How many stack captures so far fell back from the fast walk to
+/// `backtrace` (Linux x86_64; see `stack::capture`).
+#[cfg(feature = "leak-report")]
+pub fn slow_stack_captures() -> u64 {
+    crate::stack::SLOW_CAPTURES.load(std::sync::atomic::Ordering::Relaxed)
+}

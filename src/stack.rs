@@ -28,6 +28,10 @@ pub(crate) type RawStack = Box<[usize]>;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod unwind;
 
+/// Captures the fast path could not walk (benches and tests check it).
+pub(crate) static SLOW_CAPTURES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// The current thread's stack, as raw return addresses.
 #[inline(never)]
 pub(crate) fn capture() -> RawStack {
@@ -35,7 +39,10 @@ pub(crate) fn capture() -> RawStack {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     let len = match unwind::capture(&mut ips) {
         Some(len) => len,
-        None => capture_slow(&mut ips),
+        None => {
+            SLOW_CAPTURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            capture_slow(&mut ips)
+        }
     };
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     let len = capture_slow(&mut ips);
