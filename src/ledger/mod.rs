@@ -176,12 +176,14 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
+    #[inline]
     pub(crate) fn open(&self, checkout: Checkout) -> (usize, u64) {
         self.state
             .lock()
             .open((self.index, self.count), checkout, &self.settings)
     }
 
+    #[inline]
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Ticks) -> Option<Closed> {
         let mut closed = self.state.lock().close(key, outcome, now)?;
         let Some(activity) = closed.activity.as_deref() else {

@@ -76,6 +76,7 @@ impl SiteStats {
         }
     }
 
+    #[inline]
     pub(crate) fn record_checkout(&mut self, waited: Duration) {
         self.checkouts += 1;
         #[cfg(feature = "metrics")]
@@ -98,6 +99,7 @@ impl SiteStats {
         record(&mut self.wait, waited);
     }
 
+    #[inline]
     pub(crate) fn record_close(&mut self, held: Duration, outcome: Outcome) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
