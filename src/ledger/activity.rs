@@ -7,7 +7,9 @@
 //! checkouts report zero busy time.
 
 use std::panic::Location;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::ticks::Ticks;
 
 /// Bytes of statement text kept per checkout (cut at a character boundary).
 pub(crate) const STATEMENT_TEXT_MAX: usize = 120;
@@ -76,7 +78,7 @@ impl std::fmt::Debug for StatementText {
 /// A transaction opened through the instrumented `transaction()`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OpenTransaction {
-    pub(crate) since: Instant,
+    pub(crate) since: Ticks,
     /// Busy time of the checkout when it began, to split its time into
     /// busy and idle.
     pub(crate) busy_at_start: Duration,
@@ -117,7 +119,7 @@ pub(crate) struct Activity {
     /// Calls started and not finished or abandoned yet.
     in_flight: u32,
     /// When `in_flight` last went from 0 to 1.
-    busy_since: Option<Instant>,
+    busy_since: Option<Ticks>,
     /// Time with at least one call in flight, up to `busy_since`.
     busy: Duration,
     /// A call's future was dropped before it completed (cancelled by a
@@ -150,7 +152,7 @@ impl Activity {
         connection: 0,
     };
 
-    pub(crate) fn call_started(&mut self, now: Instant, statement: Option<&str>) {
+    pub(crate) fn call_started(&mut self, now: Ticks, statement: Option<&str>) {
         if self.in_flight == 0 {
             self.busy_since = Some(now);
         }
@@ -162,11 +164,11 @@ impl Activity {
 
     /// `completed`: the call's future ran to the end (success or error);
     /// otherwise it was dropped mid-call.
-    pub(crate) fn call_ended(&mut self, now: Instant, completed: bool) {
+    pub(crate) fn call_ended(&mut self, now: Ticks, completed: bool) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.in_flight == 0 {
             if let Some(since) = self.busy_since.take() {
-                self.busy += now.saturating_duration_since(since);
+                self.busy += since.until(now);
             }
         }
         // Requests run in order on a connection: a later call completing
@@ -175,14 +177,14 @@ impl Activity {
     }
 
     /// Busy time up to `now`, counting a call still in flight.
-    pub(crate) fn busy(&self, now: Instant) -> Duration {
+    pub(crate) fn busy(&self, now: Ticks) -> Duration {
         let running = self
             .busy_since
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+            .map_or(Duration::ZERO, |since| since.until(now));
         self.busy + running
     }
 
-    pub(crate) fn transaction_began(&mut self, now: Instant, site: &'static Location<'static>) {
+    pub(crate) fn transaction_began(&mut self, now: Ticks, site: &'static Location<'static>) {
         self.transaction = Some(OpenTransaction {
             since: now,
             busy_at_start: self.busy(now),
@@ -192,11 +194,11 @@ impl Activity {
 
     pub(crate) fn transaction_ended(
         &mut self,
-        now: Instant,
+        now: Ticks,
         ending: TransactionEnding,
     ) -> Option<TransactionEnded> {
         let open = self.transaction.take()?;
-        let duration = now.saturating_duration_since(open.since);
+        let duration = open.since.until(now);
         let busy = self.busy(now).saturating_sub(open.busy_at_start);
         Some(TransactionEnded {
             ending,
@@ -212,7 +214,7 @@ impl Activity {
         self.raw_transaction || self.transaction.is_some()
     }
 
-    pub(crate) fn summary(&self, now: Instant) -> ActivitySummary {
+    pub(crate) fn summary(&self, now: Ticks) -> ActivitySummary {
         ActivitySummary {
             busy: self.busy(now),
             in_flight: self.in_flight > 0 || self.abandoned,
@@ -313,19 +315,22 @@ mod tests {
 
     #[test]
     fn busy_time_counts_overlapping_calls_once() {
-        let t0 = Instant::now();
+        Ticks::init(); // instants before the clock's epoch would clamp
+        let start = std::time::Instant::now();
         let ms = Duration::from_millis;
+        let t0 = Ticks::of(start);
+        let at = |d: Duration| Ticks::of(start + d);
         let mut a = Activity::IDLE;
         a.call_started(t0, None);
-        a.call_started(t0 + ms(5), None);
-        a.call_ended(t0 + ms(10), true);
-        a.call_ended(t0 + ms(20), true);
-        assert_eq!(a.busy(t0 + ms(100)), ms(20));
-        a.call_started(t0 + ms(30), None);
-        a.call_ended(t0 + ms(31), false);
-        assert!(a.summary(t0 + ms(40)).in_flight);
-        a.call_started(t0 + ms(50), None);
-        a.call_ended(t0 + ms(51), true);
-        assert!(!a.summary(t0 + ms(60)).in_flight);
+        a.call_started(at(ms(5)), None);
+        a.call_ended(at(ms(10)), true);
+        a.call_ended(at(ms(20)), true);
+        assert_eq!(a.busy(at(ms(100))), ms(20));
+        a.call_started(at(ms(30)), None);
+        a.call_ended(at(ms(31)), false);
+        assert!(a.summary(at(ms(40))).in_flight);
+        a.call_started(at(ms(50)), None);
+        a.call_ended(at(ms(51)), true);
+        assert!(!a.summary(at(ms(60))).in_flight);
     }
 }

@@ -211,10 +211,7 @@ impl Shard {
     /// A database call started; the first one also learns the connection
     /// (`connection`: its identity) and its backend pid.
     pub(crate) fn call_started(&self, key: usize, statement: Option<&str>, connection: usize) {
-        let unknown = self
-            .state
-            .lock()
-            .call_started(key, Instant::now(), statement);
+        let unknown = self.state.lock().call_started(key, Ticks::now(), statement);
         if unknown {
             let pid = self.settings.connections.backend_pid(connection);
             self.state.lock().set_connection(key, connection, pid);
@@ -224,13 +221,11 @@ impl Shard {
     pub(crate) fn call_ended(&self, key: usize, completed: bool, transaction_effect: Option<bool>) {
         self.state
             .lock()
-            .call_ended(key, Instant::now(), completed, transaction_effect);
+            .call_ended(key, Ticks::now(), completed, transaction_effect);
     }
 
     pub(crate) fn transaction_began(&self, key: usize, site: &'static Location<'static>) {
-        self.state
-            .lock()
-            .transaction_began(key, Instant::now(), site);
+        self.state.lock().transaction_began(key, Ticks::now(), site);
     }
 
     pub(crate) fn transaction_ended(
@@ -240,7 +235,7 @@ impl Shard {
     ) -> Option<(TransactionHolder, activity::TransactionEnded)> {
         self.state
             .lock()
-            .transaction_ended(key, Instant::now(), ending)
+            .transaction_ended(key, Ticks::now(), ending)
     }
 
     pub(crate) fn savepoint_ended(&self, key: usize, ending: TransactionEnding) {
@@ -461,8 +456,7 @@ impl Ledger {
 
     /// Every outstanding checkout, oldest first.
     pub(crate) fn outstanding(&self) -> Vec<OutstandingGuard> {
-        // Holds on the ledger's clock, database calls on the standard one.
-        let (now, now_std) = (Ticks::now(), Instant::now());
+        let now = Ticks::now();
         let mut guards = Vec::new();
         self.for_each_outstanding(|entry| {
             guards.push(OutstandingGuard {
@@ -470,7 +464,7 @@ impl Ledger {
                 site: entry.site(),
                 span: entry.span.map(SpanRef::info),
                 held: entry.held(now),
-                busy: entry.activity().busy(now_std),
+                busy: entry.activity().busy(now),
                 backend_pid: entry.activity().backend_pid,
                 last_statement: entry.activity().last_statement.to_display(),
                 in_transaction: entry.activity().open_transaction(),

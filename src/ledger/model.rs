@@ -175,7 +175,7 @@ impl Model {
     fn call_started(&self, held: Held) {
         let unknown = {
             let mut state = self.shards[held.shard].state.lock().unwrap();
-            let unknown = state.call_started(held.key, self.base, Some("SELECT 1"));
+            let unknown = state.call_started(held.key, Ticks::of(self.base), Some("SELECT 1"));
             self.push(Event::CallStarted { id: held.id });
             unknown
         };
@@ -188,7 +188,7 @@ impl Model {
 
     fn call_ended(&self, held: Held) {
         let mut state = self.shards[held.shard].state.lock().unwrap();
-        state.call_ended(held.key, self.base, true, None);
+        state.call_ended(held.key, Ticks::of(self.base), true, None);
         self.push(Event::CallEnded { id: held.id });
     }
 

@@ -10,7 +10,7 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "leak-report")]
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slab::Slab;
 
@@ -428,11 +428,7 @@ impl ShardState {
         let entry = self.outstanding.try_remove(key)?;
         let acquired = std::mem::replace(&mut self.acquired[key], Ticks::NEVER);
         let held = acquired.until(now);
-        // Database calls are timed on the standard clock.
-        let activity = entry
-            .activity
-            .as_ref()
-            .map(|a| Box::new(a.summary(Instant::now())));
+        let activity = entry.activity.as_ref().map(|a| Box::new(a.summary(now)));
         let location = self.origins[entry.origin as usize].location;
         let stats = self.stats_of(entry.origin);
         stats.record_close(held, outcome);
@@ -510,12 +506,7 @@ impl ShardState {
     /// A database call started on checkout `key`. Returns whether the
     /// checkout does not know its connection yet (the caller then looks up
     /// the backend pid and calls [`Self::set_connection`]).
-    pub(crate) fn call_started(
-        &mut self,
-        key: usize,
-        now: Instant,
-        statement: Option<&str>,
-    ) -> bool {
+    pub(crate) fn call_started(&mut self, key: usize, now: Ticks, statement: Option<&str>) -> bool {
         match self.outstanding.get_mut(key) {
             Some(entry) => {
                 entry.activity_mut().call_started(now, statement);
@@ -530,7 +521,7 @@ impl ShardState {
     pub(crate) fn call_ended(
         &mut self,
         key: usize,
-        now: Instant,
+        now: Ticks,
         completed: bool,
         transaction_effect: Option<bool>,
     ) {
@@ -552,7 +543,7 @@ impl ShardState {
     pub(crate) fn transaction_began(
         &mut self,
         key: usize,
-        now: Instant,
+        now: Ticks,
         site: &'static Location<'static>,
     ) {
         if let Some(entry) = self.outstanding.get_mut(key) {
@@ -565,7 +556,7 @@ impl ShardState {
     pub(crate) fn transaction_ended(
         &mut self,
         key: usize,
-        now: Instant,
+        now: Ticks,
         ending: TransactionEnding,
     ) -> Option<(TransactionHolder, TransactionEnded)> {
         let entry = self.outstanding.get_mut(key)?;
@@ -628,6 +619,8 @@ impl ShardState {
 mod tests {
     #[cfg(feature = "leak-report")]
     use super::*;
+    #[cfg(feature = "leak-report")]
+    use std::time::Instant;
 
     /// The scan reads the acquire-time column: a closed checkout's key is
     /// never flagged, and a key reused by a newer checkout carries the
