@@ -50,11 +50,23 @@ fn variants(max_size: usize) -> Vec<(String, poolwatch::postgres::Pool)> {
     }
 }
 
-fn current_thread(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn current_thread(c: &mut Criterion) {
+    let rt = current_thread_runtime();
     let raw = pg::pool(4);
     let pools = variants(4);
     // Warm: every pool has an open connection before timing starts.
@@ -125,11 +137,7 @@ fn parallel(
 }
 
 fn two_threads(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_thread_runtime();
     let raw = pg::pool(4);
     let pools = variants(4);
     rt.block_on(async {
@@ -178,15 +186,8 @@ fn paired(_: &mut Criterion) {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let single = current_thread_runtime();
+    let multi = two_thread_runtime();
     let raw = pg::pool(4);
     let pools = variants(4);
     const ITERS: u64 = 100_000;

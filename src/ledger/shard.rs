@@ -477,29 +477,34 @@ impl ShardState {
         let Some(first) = cutoffs.first() else {
             return; // nothing can have been held that long yet
         };
-        for key in 0..self.acquired.len() {
-            let acquired = self.acquired[key];
-            if acquired > first {
-                continue; // not overdue, or a free key (`NEVER`)
+        // Almost no chunk holds an overdue guard: one test per chunk that
+        // the compiler turns into vector compares, then the chunk's keys
+        // one by one only when it does.
+        const CHUNK: usize = 16;
+        for (index, chunk) in self.acquired.chunks(CHUNK).enumerate() {
+            // `fold`, not `any`: no early exit, so it vectorizes.
+            let overdue = chunk
+                .iter()
+                .fold(false, |any, &acquired| any | (acquired <= first));
+            if !overdue {
+                continue; // none overdue (free keys are `NEVER`)
             }
-            let level = cutoffs.level_of(acquired);
-            let entry = &mut self.outstanding[key];
-            if level > entry.flagged {
-                entry.flagged = level;
-                let held = self.held_at(key);
-                out.push(Flagged::of(held, cutoffs.now));
+            for (offset, &acquired) in chunk.iter().enumerate() {
+                if acquired > first {
+                    continue;
+                }
+                let level = cutoffs.level_of(acquired);
+                let entry = &mut self.outstanding[index * CHUNK + offset];
+                if level > entry.flagged {
+                    entry.flagged = level;
+                    let held = Held {
+                        location: self.origins[entry.origin as usize].location,
+                        entry,
+                        acquired,
+                    };
+                    out.push(Flagged::of(held, cutoffs.now));
+                }
             }
-        }
-    }
-
-    /// The outstanding checkout at `key` as readers see it.
-    #[cfg(feature = "leak-report")]
-    fn held_at(&self, key: usize) -> Held<'_> {
-        let entry = &self.outstanding[key];
-        Held {
-            entry,
-            location: self.origins[entry.origin as usize].location,
-            acquired: self.acquired[key],
         }
     }
 
