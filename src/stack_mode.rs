@@ -68,7 +68,7 @@ impl StackMode {
             StackMode::Always => true,
             StackMode::Off => false,
             StackMode::Sample(0) => false,
-            StackMode::Sample(n) => seen % u64::from(n) == 0,
+            StackMode::Sample(n) => seen.is_multiple_of(u64::from(n)),
             StackMode::First(n) => seen < u64::from(n),
         }
     }

@@ -26,7 +26,7 @@ async fn throwaway_server_answers_queries() {
     let version: u32 = version
         .parse()
         .unwrap_or_else(|e| panic!("server_version_num {version:?} is not a number: {e}"));
-    if std::env::var_os("DATABASE_URL").map_or(true, |v| v.is_empty()) {
+    if std::env::var_os("DATABASE_URL").is_none_or(|v| v.is_empty()) {
         assert!(version >= 150000, "throwaway server is too old: {version}");
     } else {
         assert!(version >= 90000, "implausible server_version_num {version}");

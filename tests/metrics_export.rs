@@ -77,10 +77,7 @@ fn find<'a>(
     metrics
         .iter()
         .find(|(n, m)| {
-            n == name
-                && label.map_or(true, |(k, v)| {
-                    m.labels.get(k).map(String::as_str) == Some(v)
-                })
+            n == name && label.is_none_or(|(k, v)| m.labels.get(k).map(String::as_str) == Some(v))
         })
         .map(|(_, m)| m)
         .unwrap_or_else(|| panic!("no metric {name} {label:?} in {metrics:#?}"))

@@ -245,7 +245,7 @@ fn find_bin_dir() -> Option<PathBuf> {
             continue;
         };
         let bin = entry.path().join("bin");
-        if has_server_binaries(&bin) && best.as_ref().map_or(true, |(v, _)| version > *v) {
+        if has_server_binaries(&bin) && best.as_ref().is_none_or(|(v, _)| version > *v) {
             best = Some((version, bin));
         }
     }
