@@ -121,7 +121,7 @@ impl<M: Manager> Guard<M> {
     /// ```
     pub fn take(mut this: Self) -> M::Type {
         let object = this.object.take().expect("a live guard holds its object");
-        this.finish(Outcome::Detached);
+        this.record.finish(Outcome::Detached);
         Object::take(object)
     }
 
@@ -136,7 +136,7 @@ impl<M: Manager> Guard<M> {
     /// ```
     pub fn into_inner(mut this: Self) -> Object<M> {
         let object = this.object.take().expect("a live guard holds its object");
-        this.finish(Outcome::Untracked);
+        this.record.finish(Outcome::Untracked);
         object
     }
 
@@ -149,10 +149,6 @@ impl<M: Manager> Guard<M> {
     pub(crate) fn split_mut(this: &mut Self) -> (&mut Object<M>, &Record) {
         let object = this.object.as_mut().expect("a live guard holds its object");
         (object, &this.record)
-    }
-
-    fn finish(&self, outcome: Outcome) {
-        self.record.finish(outcome);
     }
 }
 

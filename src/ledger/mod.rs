@@ -277,6 +277,7 @@ thread_local! {
 
 impl Ledger {
     pub(crate) fn new(config: &WatchConfig) -> Self {
+        Ticks::init(); // calibrate now, not at the first checkout
         let settings = Arc::new(Settings {
             pool_name: config.pool_name.clone(),
             hold_threshold_ns: AtomicU64::new(nanos(config.hold_threshold)),

@@ -276,7 +276,6 @@ pub(crate) struct ShardState {
 
 impl ShardState {
     pub(crate) fn new() -> Self {
-        Ticks::init();
         Self {
             outstanding: Slab::new(),
             acquired: Vec::new(),
