@@ -9,6 +9,9 @@
 //! whichever thread drops it.
 
 pub(crate) mod activity;
+// Driven by the connection observer of `src/postgres/` (being wired in).
+#[allow(dead_code)]
+pub(crate) mod connection;
 pub(crate) mod connections;
 #[cfg(test)]
 mod model;

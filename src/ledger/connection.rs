@@ -1,0 +1,399 @@
+//! [`ConnectionActivity`]: what one pooled connection has done, as a
+//! database integration observes it on the connection itself (for
+//! PostgreSQL: the protocol messages, see `src/postgres/wire/`), whatever
+//! code path sent the statements.
+//!
+//! The integration is the only writer (from the task that drives the
+//! connection); the ledger, the sampler and the readers only read. One
+//! small mutex per connection: the writer takes it once per batch of
+//! protocol messages, a reader once per hold, tick or view. Totals only
+//! grow, so a reader takes the difference between two readings for a hold
+//! or a tick.
+//!
+//! The vocabulary is the database's, not PostgreSQL's: a *request* is one
+//! round trip the server answers with "ready" (PostgreSQL: a `Query` or a
+//! `Sync` answered by `ReadyForQuery`); *busy* is time with at least one
+//! request unanswered; *idle in transaction* is time inside a transaction
+//! with none unanswered.
+
+use std::any::Any;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::ticks::Ticks;
+
+/// The transaction state the server last reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum TransactionState {
+    /// Nothing reported yet (the connection is still starting up).
+    #[default]
+    Unknown,
+    /// Not in a transaction.
+    Idle,
+    /// Inside a transaction block.
+    Open,
+    /// Inside a failed transaction block (statements are refused until
+    /// it ends).
+    Failed,
+}
+
+impl TransactionState {
+    /// Inside a transaction block, failed or not.
+    pub(crate) fn is_open(self) -> bool {
+        matches!(self, TransactionState::Open | TransactionState::Failed)
+    }
+}
+
+/// The activity record of one connection. Created by the integration when
+/// it opens the connection; shared (`Arc`) with the ledger.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionActivity {
+    state: Mutex<ActivityState>,
+    /// Keeps the allocation behind the integration's connection key from
+    /// being freed (and its address reused by another connection) while
+    /// this record exists; its strong count says whether the pooled object
+    /// is still alive. Set once, when the connection is linked to its
+    /// pooled object.
+    reservation: OnceLock<Weak<dyn Any + Send + Sync>>,
+}
+
+#[derive(Debug, Default)]
+struct ActivityState {
+    /// The connection ended (closed, failed, or its task went away).
+    closed: bool,
+    backend_pid: Option<i32>,
+    /// Requests sent and not answered yet.
+    in_flight: u32,
+    /// When `in_flight` last went from 0 to 1.
+    busy_since: Option<Ticks>,
+    /// Busy time up to `busy_since` (or up to now, when idle).
+    busy: Duration,
+    transaction: TransactionState,
+    /// When the current transaction block began (as the server reported
+    /// it: the first "ready" inside it).
+    transaction_since: Option<Ticks>,
+    /// Since when the connection has sat inside a transaction with
+    /// nothing in flight.
+    idle_in_transaction_since: Option<Ticks>,
+    idle_in_transaction: Duration,
+    /// Statements sent so far.
+    statements: u64,
+    /// The text of the last one, as sent (sanitized only when shown).
+    last_statement: Option<Arc<str>>,
+    /// Readings taken at the last accounting points; see
+    /// [`ConnectionActivity::hold_mark`] and [`ConnectionActivity::tick_mark`].
+    hold_mark: Totals,
+    tick_mark: Totals,
+}
+
+/// The growing totals of a connection, at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) busy: Duration,
+    pub(crate) idle_in_transaction: Duration,
+    pub(crate) statements: u64,
+}
+
+impl Totals {
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: Totals) -> Totals {
+        Totals {
+            busy: self.busy.saturating_sub(earlier.busy),
+            idle_in_transaction: self
+                .idle_in_transaction
+                .saturating_sub(earlier.idle_in_transaction),
+            statements: self.statements.saturating_sub(earlier.statements),
+        }
+    }
+}
+
+/// A connection's state at one instant, as plain data.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ActivityReading {
+    pub(crate) totals: Totals,
+    pub(crate) in_flight: u32,
+    pub(crate) transaction: TransactionState,
+    pub(crate) transaction_since: Option<Ticks>,
+    pub(crate) backend_pid: Option<i32>,
+    pub(crate) closed: bool,
+    pub(crate) last_statement: Option<Arc<str>>,
+}
+
+impl ActivityState {
+    fn totals(&self, now: Ticks) -> Totals {
+        let busy = self.busy
+            + self
+                .busy_since
+                .map_or(Duration::ZERO, |since| since.until(now));
+        let idle_in_transaction = self.idle_in_transaction
+            + self
+                .idle_in_transaction_since
+                .map_or(Duration::ZERO, |since| since.until(now));
+        Totals {
+            busy,
+            idle_in_transaction,
+            statements: self.statements,
+        }
+    }
+
+    fn reading(&self, now: Ticks) -> ActivityReading {
+        ActivityReading {
+            totals: self.totals(now),
+            in_flight: self.in_flight,
+            transaction: self.transaction,
+            transaction_since: self.transaction_since,
+            backend_pid: self.backend_pid,
+            closed: self.closed,
+            last_statement: self.last_statement.clone(),
+        }
+    }
+
+    /// Idle-in-transaction time runs while inside a transaction with
+    /// nothing in flight.
+    fn settle_idle_in_transaction(&mut self, now: Ticks) {
+        let idle = self.transaction.is_open() && self.in_flight == 0 && !self.closed;
+        match (idle, self.idle_in_transaction_since) {
+            (true, None) => self.idle_in_transaction_since = Some(now),
+            (false, Some(since)) => {
+                self.idle_in_transaction += since.until(now);
+                self.idle_in_transaction_since = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The writer's handle: one lock for a batch of protocol messages.
+pub(crate) struct ActivityWriter<'a> {
+    state: MutexGuard<'a, ActivityState>,
+}
+
+impl ActivityWriter<'_> {
+    /// A request went out that the server answers with one "ready".
+    pub(crate) fn request_sent(&mut self, now: Ticks) {
+        let state = &mut *self.state;
+        if state.in_flight == 0 {
+            state.busy_since = Some(now);
+        }
+        state.in_flight = state.in_flight.saturating_add(1);
+        state.settle_idle_in_transaction(now);
+    }
+
+    /// A statement's text went out (or a prepared statement it refers to
+    /// was bound). Counts the statement.
+    pub(crate) fn statement(&mut self, text: Arc<str>) {
+        self.state.statements += 1;
+        self.state.last_statement = Some(text);
+    }
+
+    /// The server answered one request and is ready, reporting its
+    /// transaction state.
+    pub(crate) fn ready(&mut self, now: Ticks, transaction: TransactionState) {
+        let state = &mut *self.state;
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            if let Some(since) = state.busy_since.take() {
+                state.busy += since.until(now);
+            }
+        }
+        match (state.transaction.is_open(), transaction.is_open()) {
+            (false, true) => state.transaction_since = Some(now),
+            (true, false) => state.transaction_since = None,
+            _ => {}
+        }
+        state.transaction = transaction;
+        state.settle_idle_in_transaction(now);
+    }
+
+    /// The server told the connection's backend process id.
+    pub(crate) fn backend_pid(&mut self, pid: i32) {
+        self.state.backend_pid = Some(pid);
+    }
+
+    /// The connection ended: closed, failed, or its task was dropped.
+    /// Open intervals stop here.
+    pub(crate) fn closed(&mut self, now: Ticks) {
+        let state = &mut *self.state;
+        if state.closed {
+            return;
+        }
+        if let Some(since) = state.busy_since.take() {
+            state.busy += since.until(now);
+        }
+        state.closed = true;
+        state.settle_idle_in_transaction(now);
+    }
+}
+
+impl ConnectionActivity {
+    /// A record for a connection being opened.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Locks the record for a batch of updates (the integration's side).
+    pub(crate) fn writer(&self) -> ActivityWriter<'_> {
+        ActivityWriter {
+            state: self.state.lock(),
+        }
+    }
+
+    /// The connection's state now.
+    pub(crate) fn reading(&self, now: Ticks) -> ActivityReading {
+        self.state.lock().reading(now)
+    }
+
+    /// Ends a hold at `now`: what the connection did since the previous
+    /// hold ended (or since it opened), and the reading now. The next
+    /// hold counts from here, so work done between two holds by the pool
+    /// itself is left out only if the integration does not report it.
+    pub(crate) fn hold_mark(&self, now: Ticks) -> (Totals, ActivityReading) {
+        let mut state = self.state.lock();
+        let reading = state.reading(now);
+        let during = reading.totals.since(state.hold_mark);
+        state.hold_mark = reading.totals;
+        state.tick_mark = reading.totals;
+        (during, reading)
+    }
+
+    /// What the current hold has done so far, without ending it.
+    pub(crate) fn hold_so_far(&self, now: Ticks) -> (Totals, ActivityReading) {
+        let state = self.state.lock();
+        let reading = state.reading(now);
+        (reading.totals.since(state.hold_mark), reading)
+    }
+
+    /// Ends a tick at `now` for the hold in progress: what the connection
+    /// did since the previous tick mark (or the hold's start).
+    pub(crate) fn tick_mark(&self, now: Ticks) -> Totals {
+        let mut state = self.state.lock();
+        let totals = state.totals(now);
+        let during = totals.since(state.tick_mark);
+        state.tick_mark = totals;
+        during
+    }
+
+    /// Links the record to the pooled object it belongs to; see
+    /// [`ConnectionActivity::reservation`]. The first call wins.
+    pub(crate) fn reserve(&self, alive: Weak<dyn Any + Send + Sync>) {
+        let _ = self.reservation.set(alive);
+    }
+
+    /// Whether the pooled object this record belongs to still exists
+    /// (`true` before it is linked).
+    pub(crate) fn object_alive(&self) -> bool {
+        self.reservation
+            .get()
+            .is_none_or(|alive| alive.strong_count() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn at(start: Instant, ms: u64) -> Ticks {
+        Ticks::of(start + Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn busy_counts_overlapping_requests_once() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0));
+            w.request_sent(at(start, 5));
+            w.ready(at(start, 10), TransactionState::Idle);
+            w.ready(at(start, 20), TransactionState::Idle);
+        }
+        let reading = activity.reading(at(start, 100));
+        assert_eq!(reading.totals.busy, Duration::from_millis(20));
+        assert_eq!(reading.in_flight, 0);
+        // A request in flight counts up to the reading.
+        activity.writer().request_sent(at(start, 100));
+        let reading = activity.reading(at(start, 130));
+        assert_eq!(reading.totals.busy, Duration::from_millis(50));
+        assert_eq!(reading.in_flight, 1);
+    }
+
+    #[test]
+    fn idle_in_transaction_runs_between_requests_inside_a_transaction() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0)); // BEGIN
+            w.ready(at(start, 1), TransactionState::Open);
+            w.request_sent(at(start, 101)); // UPDATE, 100 ms later
+            w.ready(at(start, 103), TransactionState::Open);
+        }
+        let reading = activity.reading(at(start, 203));
+        assert_eq!(
+            reading.totals.idle_in_transaction,
+            Duration::from_millis(200)
+        );
+        assert_eq!(reading.transaction, TransactionState::Open);
+        assert_eq!(reading.transaction_since, Some(at(start, 1)));
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 203)); // COMMIT
+            w.ready(at(start, 204), TransactionState::Idle);
+        }
+        let reading = activity.reading(at(start, 500));
+        assert_eq!(
+            reading.totals.idle_in_transaction,
+            Duration::from_millis(200)
+        );
+        assert_eq!(reading.transaction_since, None);
+    }
+
+    #[test]
+    fn holds_and_ticks_take_differences() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0));
+            w.statement(Arc::from("SELECT 1"));
+            w.ready(at(start, 10), TransactionState::Idle);
+        }
+        assert_eq!(
+            activity.tick_mark(at(start, 15)).busy,
+            Duration::from_millis(10)
+        );
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 20));
+            w.ready(at(start, 25), TransactionState::Idle);
+        }
+        let (hold, reading) = activity.hold_mark(at(start, 30));
+        assert_eq!(hold.busy, Duration::from_millis(15));
+        assert_eq!(hold.statements, 1);
+        assert_eq!(reading.last_statement.as_deref(), Some("SELECT 1"));
+        // The next hold starts from zero.
+        let (next, _) = activity.hold_so_far(at(start, 40));
+        assert_eq!(next, Totals::default());
+    }
+
+    #[test]
+    fn closing_stops_the_clocks() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0));
+            w.closed(at(start, 7));
+        }
+        let reading = activity.reading(at(start, 100));
+        assert!(reading.closed);
+        assert_eq!(reading.totals.busy, Duration::from_millis(7));
+    }
+}
