@@ -83,7 +83,7 @@ struct ActivityState {
     /// The text of the last one, as sent (sanitized only when shown).
     last_statement: Option<Arc<str>>,
     /// Readings taken at the last accounting points; see
-    /// [`ConnectionActivity::hold_mark`] and [`ConnectionActivity::tick_mark`].
+    /// [`ConnectionActivity::end_hold`] and [`ConnectionActivity::tick_mark`].
     hold_mark: Totals,
     tick_mark: Totals,
 }
@@ -107,6 +107,16 @@ impl Totals {
             statements: self.statements.saturating_sub(earlier.statements),
         }
     }
+}
+
+/// What [`ConnectionActivity::end_hold`] returns.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HoldEnd {
+    /// Since the hold began.
+    pub(crate) hold: Totals,
+    /// Since the last tick mark (or the hold's start, if later).
+    pub(crate) tick: Totals,
+    pub(crate) reading: ActivityReading,
 }
 
 /// A connection's state at one instant, as plain data.
@@ -246,16 +256,20 @@ impl ConnectionActivity {
     }
 
     /// Ends a hold at `now`: what the connection did since the previous
-    /// hold ended (or since it opened), and the reading now. The next
-    /// hold counts from here, so work done between two holds by the pool
-    /// itself is left out only if the integration does not report it.
-    pub(crate) fn hold_mark(&self, now: Ticks) -> (Totals, ActivityReading) {
+    /// hold ended (or since it opened) and since the last tick mark, and
+    /// the reading now. The next hold counts from here.
+    pub(crate) fn end_hold(&self, now: Ticks) -> HoldEnd {
         let mut state = self.state.lock();
         let reading = state.reading(now);
-        let during = reading.totals.since(state.hold_mark);
+        let hold = reading.totals.since(state.hold_mark);
+        let tick = reading.totals.since(state.tick_mark);
         state.hold_mark = reading.totals;
         state.tick_mark = reading.totals;
-        (during, reading)
+        HoldEnd {
+            hold,
+            tick,
+            reading,
+        }
     }
 
     /// What the current hold has done so far, without ending it.
@@ -373,10 +387,11 @@ mod tests {
             w.request_sent(at(start, 20));
             w.ready(at(start, 25), TransactionState::Idle);
         }
-        let (hold, reading) = activity.hold_mark(at(start, 30));
-        assert_eq!(hold.busy, Duration::from_millis(15));
-        assert_eq!(hold.statements, 1);
-        assert_eq!(reading.last_statement.as_deref(), Some("SELECT 1"));
+        let end = activity.end_hold(at(start, 30));
+        assert_eq!(end.hold.busy, Duration::from_millis(15));
+        assert_eq!(end.tick.busy, Duration::from_millis(5));
+        assert_eq!(end.hold.statements, 1);
+        assert_eq!(end.reading.last_statement.as_deref(), Some("SELECT 1"));
         // The next hold starts from zero.
         let (next, _) = activity.hold_so_far(at(start, 40));
         assert_eq!(next, Totals::default());
