@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use poolwatch::{WatchConfig, WatchedPool};
+use poolwatch::WatchConfig;
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -34,7 +34,8 @@ async fn metrics(State(app): State<App>) -> String {
 
 /// The diagnosis: verdicts with evidence, sites, spans, timeline.
 async fn debug_pool(State(app): State<App>) -> Json<poolwatch::Report> {
-    Json(app.pool.report())
+    // Asks the database who blocks whom before diagnosing.
+    Json(app.pool.diagnose().await)
 }
 
 /// The pressure timeline as a picture.
@@ -78,17 +79,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .init();
     // The recorder comes first: the pool registers its metrics with it.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
-    let manager = deadpool_postgres::Manager::new(pg::pg_config()?, tokio_postgres::NoTls);
-    let raw = deadpool_postgres::Pool::builder(manager)
-        .max_size(8)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()?;
     let config = WatchConfig::builder()
         .pool_name("main")
         .metrics_site_labels(20)
         .with_env()?
         .build()?;
-    let pool = WatchedPool::new(raw, config);
+    let pool = poolwatch::postgres::Pool::builder(
+        pg::pg_config()?,
+        tokio_postgres::NoTls,
+        poolwatch::postgres::ManagerConfig::default(),
+    )
+    .max_size(8)
+    .runtime(poolwatch::postgres::Runtime::Tokio1)
+    .watch(config)
+    .build()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/debug/pool", get(debug_pool))

@@ -5,20 +5,22 @@
 
 use std::panic::Location;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::WatchConfig;
 use crate::ledger::{self, Checkout, Ticks};
+use crate::observe::Disposal;
+use crate::shared::Shared;
 
 /// A pool's ledger without a pool: outstanding checkouts opened directly,
 /// as `WatchedPool::get` would open them.
-pub struct Ledger(Arc<ledger::Ledger>);
+pub struct Ledger(Arc<Shared>);
 
 impl Ledger {
     /// A ledger with `config` (its stack mode decides what
     /// [`open`](Self::open) captures under `leak-report`).
     pub fn new(config: &WatchConfig) -> Self {
-        Self(Arc::new(ledger::Ledger::new(config)))
+        Self(Shared::new(config))
     }
 
     /// Opens `n` checkouts acquired now at the caller's line, no span,
@@ -28,61 +30,83 @@ impl Ledger {
     #[track_caller]
     pub fn open(&self, n: usize) -> Instant {
         let location: &'static Location<'static> = Location::caller();
-        let shard = self.0.local_shard();
+        let shard = self.0.ledger.local_shard();
         let acquired_at = Instant::now();
         for _ in 0..n {
-            let (_key, _id) = shard.open(Checkout {
+            let (_key, _id, _rank) = shard.open(Checkout {
                 location,
                 span: None,
-                waited: std::time::Duration::ZERO,
+                task: None,
+                waited: Duration::ZERO,
                 acquired: Ticks::of(acquired_at),
+                connection: None,
+                panicking: false,
             });
             #[cfg(feature = "leak-report")]
-            shard.capture_stack(_key);
+            shard.capture_stack(_key, self.0.stacks.get());
         }
         acquired_at
     }
 
     /// One checkout record opened and closed as a guard does on the hot
-    /// path (span lookup, shard, `Arc`, close with a clock read and the
-    /// checks of the report), without a pool: the bookkeeping's own cost.
+    /// path (span and task lookup, shard, `Arc`, close with a clock read
+    /// and the observer's checks), without a pool: the bookkeeping's own
+    /// cost.
     #[track_caller]
     #[inline(never)]
     pub fn open_close(&self) {
         let location: &'static Location<'static> = Location::caller();
-        let shard = self.0.local_shard();
-        let (key, id) = shard.open(Checkout {
+        let shard = self.0.ledger.local_shard();
+        let (key, _id, _rank) = shard.open(Checkout {
             location,
             span: crate::site::SpanRef::current(),
-            waited: std::time::Duration::ZERO,
+            task: crate::task::current(),
+            waited: Duration::ZERO,
             acquired: Ticks::now(),
+            connection: None,
+            panicking: std::thread::panicking(),
         });
-        let record = crate::guard::Record {
-            shard: Arc::clone(shard),
-            key,
-            id,
-        };
-        record.finish(crate::outcome::Outcome::Returned);
+        let shard = Arc::clone(shard);
+        if let Some(closed) = shard.close(key, crate::outcome::Outcome::Returned, Ticks::now()) {
+            shard.attached.closed(&closed, Disposal::Returned);
+        }
     }
 
     /// Checkouts outstanding in the ledger.
     pub fn outstanding(&self) -> usize {
-        self.0.outstanding_count()
+        self.0.ledger.outstanding_count()
     }
 
     /// One watchdog scan of this ledger's outstanding checkouts as of
     /// `now` with hold threshold `threshold` (the ledger part of the
-    /// watchdog's round: one pass per shard under its lock); returns how
-    /// many guards it flagged.
+    /// watchdog's round: short passes per shard under its lock); returns
+    /// how many guards it flagged.
     #[cfg(feature = "leak-report")]
-    pub fn scan(&self, now: Instant, threshold: std::time::Duration) -> usize {
-        self.0.flag_overdue(Ticks::of(now), threshold).len()
+    pub fn scan(&self, now: Instant, threshold: Duration) -> usize {
+        let (flagged, unreported) =
+            self.0
+                .ledger
+                .flag_overdue(Ticks::of(now), threshold, 1024, usize::MAX);
+        flagged.len() + unreported.total() as usize
+    }
+}
+
+#[cfg(feature = "leak-report")]
+impl Ledger {
+    /// [`Self::scan`] with the watchdog's bound on keys per lock hold and
+    /// budget, returning how long each shard-lock hold lasted.
+    pub fn scan_lock_holds(&self, now: Instant, threshold: Duration) -> Vec<Duration> {
+        let mut holds = Vec::new();
+        self.0
+            .ledger
+            .flag_overdue_timed(Ticks::of(now), threshold, 1024, 32, |d| holds.push(d));
+        holds
     }
 }
 
 /// Bytes of one outstanding-checkout entry in the ledger's slab.
 pub fn entry_size() -> usize {
-    std::mem::size_of::<ledger::Outstanding>()
+    ledger::outstanding_entry_size()
 }
 
 /// Captures the current stack as a checkout does under `leak-report`;

@@ -26,6 +26,21 @@ pub const ENV_METRICS_SITE_LABELS: &str = "POOLWATCH_METRICS_SITE_LABELS";
 /// Environment variable: which checkouts capture a stack under `leak-report`
 /// (`always`, `off`, `sample:N`, `first:N`); see [`StackMode`].
 pub const ENV_STACKS: &str = "POOLWATCH_STACKS";
+/// Environment variable: how much recent history reports and snapshots
+/// describe (humantime, e.g. `5m`).
+pub const ENV_WINDOW: &str = "POOLWATCH_WINDOW";
+/// Environment variable: statement text in events and snapshots,
+/// `sanitized` (the default: literals replaced by `?`) or `off`.
+pub const ENV_STATEMENTS: &str = "POOLWATCH_STATEMENTS";
+/// Environment variable: whether pools poolwatch builds ask the database
+/// server about their holders under pressure (`on`, the default, or `off`).
+pub const ENV_SERVER_VIEW: &str = "POOLWATCH_SERVER_VIEW";
+
+/// The smallest hold or slow-acquire threshold accepted: below a
+/// millisecond every checkout would be "slow".
+pub const MIN_THRESHOLD: Duration = Duration::from_millis(1);
+/// The smallest timeline tick accepted: each tick drains every shard.
+pub const MIN_TICK: Duration = Duration::from_millis(10);
 
 const KNOWN_VARIABLES: &[&str] = &[
     ENV_POOL_NAME,
@@ -37,7 +52,41 @@ const KNOWN_VARIABLES: &[&str] = &[
     ENV_TIMELINE_WINDOW,
     ENV_REPORT_EVERY,
     ENV_STACKS,
+    ENV_WINDOW,
+    ENV_STATEMENTS,
+    ENV_SERVER_VIEW,
 ];
+
+/// Whether statement text is shown in events, snapshots and reports.
+///
+/// ```
+/// use poolwatch::{Statements, WatchConfig};
+/// let config = WatchConfig::builder().statements(Statements::Off).build()?;
+/// assert_eq!(config.statements, Statements::Off);
+/// # Ok::<(), poolwatch::ConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Statements {
+    /// Shown with every literal replaced by `?` (the default), bounded,
+    /// never parameter values.
+    #[default]
+    Sanitized,
+    /// Not shown at all.
+    Off,
+}
+
+/// Checks a runtime or builder threshold against [`MIN_THRESHOLD`].
+pub(crate) fn check_threshold(setting: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value < MIN_THRESHOLD {
+        return Err(invalid_setting(
+            setting,
+            &format!("{value:?}"),
+            "must be at least 1ms",
+        ));
+    }
+    Ok(())
+}
 
 /// What poolwatch watches for, per pool.
 ///
@@ -55,6 +104,9 @@ const KNOWN_VARIABLES: &[&str] = &[
 /// | [`timeline_window`](Self::timeline_window) | 15 min | `POOLWATCH_TIMELINE_WINDOW` |
 /// | [`report_every`](Self::report_every) | off | `POOLWATCH_REPORT_EVERY` |
 /// | [`stacks`](Self::stacks) | `always` | `POOLWATCH_STACKS` |
+/// | [`window`](Self::window) | 5 min | `POOLWATCH_WINDOW` |
+/// | [`statements`](Self::statements) | `sanitized` | `POOLWATCH_STATEMENTS` (`sanitized`, `off`) |
+/// | [`server_view`](Self::server_view) | on | `POOLWATCH_SERVER_VIEW` (`on`, `off`) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -97,6 +149,19 @@ pub struct WatchConfig {
     /// Which checkouts capture the stack that acquired them (only with the
     /// `leak-report` feature; ignored without it).
     pub stacks: StackMode,
+    /// How much recent history reports and snapshots describe: statistics
+    /// are kept in two generations of half this each, so a report covers
+    /// between half of it and all of it, and a past incident ages out.
+    /// Saturation episodes stay listed (the last 16) with their own times.
+    pub window: Duration,
+    /// Whether statement text is shown (sanitized) or not at all.
+    pub statements: Statements,
+    /// Whether a pool poolwatch builds (`poolwatch::postgres`) asks the
+    /// database server, on a connection of its own, what the holders'
+    /// backends do and who blocks whom while the pool is under pressure.
+    /// Ready-made pools ([`WatchedPool::new`](crate::WatchedPool::new))
+    /// never do.
+    pub server_view: bool,
 }
 
 impl Default for WatchConfig {
@@ -111,6 +176,9 @@ impl Default for WatchConfig {
             timeline_window: Duration::from_secs(15 * 60),
             report_every: None,
             stacks: StackMode::Always,
+            window: Duration::from_secs(5 * 60),
+            statements: Statements::Sanitized,
+            server_view: true,
         }
     }
 }
@@ -234,6 +302,39 @@ impl WatchConfigBuilder {
         self
     }
 
+    /// How much recent history reports and snapshots describe.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = poolwatch::WatchConfig::builder().window(Duration::from_secs(120)).build()?;
+    /// assert_eq!(config.window, Duration::from_secs(120));
+    /// # Ok::<(), poolwatch::ConfigError>(())
+    /// ```
+    pub fn window(mut self, window: Duration) -> Self {
+        self.config.window = window;
+        self
+    }
+
+    /// Whether statement text is shown (sanitized) or not at all.
+    pub fn statements(mut self, statements: Statements) -> Self {
+        self.config.statements = statements;
+        self
+    }
+
+    /// Whether a pool poolwatch builds asks the database server about its
+    /// holders under pressure (on by default). Off: no side connection is
+    /// ever opened.
+    ///
+    /// ```
+    /// let config = poolwatch::WatchConfig::builder().server_view(false).build()?;
+    /// assert!(!config.server_view);
+    /// # Ok::<(), poolwatch::ConfigError>(())
+    /// ```
+    pub fn server_view(mut self, on: bool) -> Self {
+        self.config.server_view = on;
+        self
+    }
+
     /// Applies the `POOLWATCH_*` variables of the process environment.
     /// Settings made after this call override them.
     pub fn with_env(self) -> Result<Self, ConfigError> {
@@ -265,8 +366,12 @@ impl WatchConfigBuilder {
             let (name, value) = (name.as_ref(), value.as_ref());
             match name {
                 ENV_POOL_NAME => self.config.pool_name = parse_name(name, value)?,
-                ENV_HOLD_THRESHOLD => self.config.hold_threshold = parse_duration(name, value)?,
-                ENV_SLOW_ACQUIRE => self.config.slow_acquire = parse_duration(name, value)?,
+                ENV_HOLD_THRESHOLD => {
+                    self.config.hold_threshold = parse_at_least(name, value, MIN_THRESHOLD)?
+                }
+                ENV_SLOW_ACQUIRE => {
+                    self.config.slow_acquire = parse_at_least(name, value, MIN_THRESHOLD)?
+                }
                 ENV_MAX_SITES => self.config.max_sites = parse_count(name, value)?,
                 ENV_TIMELINE_TICK => {
                     self.config.timeline_tick = match value.trim() {
@@ -290,6 +395,25 @@ impl WatchConfigBuilder {
                     self.config.metrics_site_labels = parse_count_or_zero(name, value)?
                 }
                 ENV_STACKS => self.config.stacks = parse_stacks(name, value)?,
+                ENV_WINDOW => {
+                    self.config.window = parse_at_least(name, value, Duration::from_secs(1))?
+                }
+                ENV_STATEMENTS => {
+                    self.config.statements = match value.trim().to_ascii_lowercase().as_str() {
+                        "sanitized" | "on" => Statements::Sanitized,
+                        "off" | "none" => Statements::Off,
+                        _ => {
+                            return Err(invalid_variable(name, value, "expected sanitized or off"))
+                        }
+                    }
+                }
+                ENV_SERVER_VIEW => {
+                    self.config.server_view = match value.trim().to_ascii_lowercase().as_str() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => return Err(invalid_variable(name, value, "expected on or off")),
+                    }
+                }
                 _ if name.starts_with("POOLWATCH_") => {
                     return Err(ConfigError::UnknownVariable {
                         variable: name.to_owned(),
@@ -305,28 +429,27 @@ impl WatchConfigBuilder {
     /// Checks the settings and returns the configuration.
     pub fn build(self) -> Result<WatchConfig, ConfigError> {
         let c = &self.config;
-        if c.hold_threshold.is_zero() {
+        check_threshold("hold_threshold", c.hold_threshold)?;
+        check_threshold("slow_acquire", c.slow_acquire)?;
+        if c.window < Duration::from_secs(1) {
             return Err(invalid_setting(
-                "hold_threshold",
-                "0s",
-                "must be greater than zero",
-            ));
-        }
-        if c.slow_acquire.is_zero() {
-            return Err(invalid_setting(
-                "slow_acquire",
-                "0s",
-                "must be greater than zero",
+                "window",
+                &format!("{:?}", c.window),
+                "must be at least 1s",
             ));
         }
         if c.max_sites == 0 {
             return Err(invalid_setting("max_sites", "0", "must be at least 1"));
         }
-        if c.timeline_tick.is_some_and(|t| t.is_zero()) {
+        if let Some(tick) = c.timeline_tick.filter(|t| *t < MIN_TICK) {
+            const TOO_SHORT: &str = "must be at least 10ms, or off: each tick drains every shard";
+            if let Some((variable, value)) = &self.tick_from {
+                return Err(invalid_variable(variable, value, TOO_SHORT));
+            }
             return Err(invalid_setting(
                 "timeline_tick",
-                "0s",
-                "must be greater than zero, or None",
+                &format!("{tick:?}"),
+                "must be at least 10ms, or None: each tick drains every shard",
             ));
         }
         if let Some(tick) = c.timeline_tick.filter(|t| *t > c.timeline_window) {
@@ -395,6 +518,20 @@ fn parse_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> 
             variable,
             value,
             "must be greater than zero",
+        ));
+    }
+    Ok(duration)
+}
+
+/// A duration no shorter than `minimum`.
+fn parse_at_least(variable: &str, value: &str, minimum: Duration) -> Result<Duration, ConfigError> {
+    let duration = parse_duration(variable, value)?;
+    if duration < minimum {
+        let minimum = humantime::format_duration(minimum);
+        return Err(invalid_variable(
+            variable,
+            value,
+            format!("must be at least {minimum}"),
         ));
     }
     Ok(duration)

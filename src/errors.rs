@@ -47,3 +47,11 @@ pub enum ConfigError {
         reason: String,
     },
 }
+
+impl From<ConfigError> for std::io::Error {
+    /// For a `main` returning `std::io::Result`: `?` on a configuration
+    /// error gives an `InvalidInput` error with the same message.
+    fn from(error: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, error)
+    }
+}

@@ -1,43 +1,26 @@
-//! Everything poolwatch says through `tracing` (target `poolwatch`).
+//! Everything poolwatch says through `tracing` (target `poolwatch`), as
+//! structured fields. Called by [`crate::observe`] only, after the ledger's
+//! locks are released, with plain values; nothing here reads the ledger,
+//! aggregates or records a metric.
 //!
-//! Events are emitted after the ledger's locks are released, and inside
-//! `catch_unwind`: a subscriber that panics must not take a guard's `Drop`
-//! (and with it the pool's slot) down.
+//! Every emission runs inside `catch_unwind`: a subscriber that panics
+//! must not take a guard's `Drop` (and with it the pool's slot) down.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::ledger::activity::{TransactionEnded, TransactionEnding};
-use crate::ledger::connections::LastHolder;
-#[cfg(feature = "leak-report")]
-use crate::ledger::Flagged;
-use crate::ledger::{Closed, Ledger, Settings, Ticks, TransactionHolder};
 use crate::outcome::{AcquireFailure, Outcome};
-use crate::site::{CallSite, SpanInfo, SpanRef};
+use crate::site::{CallSite, SpanInfo};
 use crate::snapshot::PoolStatus;
 
 /// The tracing target of every poolwatch event.
 pub const TARGET: &str = "poolwatch";
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A duration rounded for people: `850us`, `42ms`, `1s 250ms`, `1m 35s`.
-pub(crate) fn human(d: Duration) -> humantime::FormattedDuration {
-    let rounded = if d < Duration::from_millis(1) {
-        Duration::from_micros(d.as_micros() as u64)
-    } else if d < Duration::from_secs(10) {
-        Duration::from_millis(millis(d))
-    } else {
-        Duration::from_secs(d.as_secs())
-    };
-    humantime::format_duration(rounded)
-}
+pub(crate) use crate::human::{human, millis};
 
 /// `Option<SpanInfo>` as a field value: the span's name, or empty.
-struct SpanName(Option<SpanInfo>);
+pub(crate) struct SpanName(pub(crate) Option<SpanInfo>);
 
 impl fmt::Display for SpanName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,503 +35,555 @@ fn guarded(emit: impl FnOnce()) {
     let _ = catch_unwind(AssertUnwindSafe(emit));
 }
 
-/// A guard was returned after holding its connection past the threshold.
-/// Rate-limited per pool; `suppressed` counts what was left out.
-pub(crate) fn held_past_threshold(settings: &Settings, closed: &Closed, outcome: Outcome) {
-    let Some(permit) = settings.held_past_threshold_events.permit() else {
-        return;
-    };
-    let threshold = settings.hold_threshold();
-    let status = settings.pool_status().unwrap_or_default();
-    guarded(|| {
-        tracing::warn!(
+/// The fields of every event about one hold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hold<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) guard: u64,
+    pub(crate) site: CallSite,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) held: Duration,
+    /// Time in database calls, when the connection is observed.
+    pub(crate) busy: Option<Duration>,
+    pub(crate) backend_pid: Option<i32>,
+}
+
+/// The fields of every event about one acquire.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) site: CallSite,
+    pub(crate) span: Option<SpanInfo>,
+    pub(crate) waited: Duration,
+}
+
+/// `tracing::$level!` with a hold's fields first.
+macro_rules! hold_event {
+    ($level:ident, $h:expr, $($rest:tt)*) => {{
+        let h: &Hold<'_> = $h;
+        tracing::$level!(
             target: TARGET,
-            pool = %settings.pool_name,
-            guard = closed.id,
-            site = %closed.site(),
-            span = %SpanName(closed.span()),
-            held_ms = millis(closed.held),
-            busy_ms = millis(closed.activity().busy),
-            backend_pid = closed.activity().backend_pid,
+            pool = %h.pool,
+            guard = h.guard,
+            site = %h.site,
+            span = %SpanName(h.span),
+            held_ms = millis(h.held),
+            busy_ms = h.busy.map(millis),
+            backend_pid = h.backend_pid,
+            $($rest)*
+        )
+    }};
+}
+
+/// `tracing::$level!` with an acquire's fields first.
+macro_rules! wait_event {
+    ($level:ident, $w:expr, $($rest:tt)*) => {{
+        let w: &Wait<'_> = $w;
+        tracing::$level!(
+            target: TARGET,
+            pool = %w.pool,
+            site = %w.site,
+            span = %SpanName(w.span),
+            waited_ms = millis(w.waited),
+            $($rest)*
+        )
+    }};
+}
+
+/// A guard was returned after holding its connection past the threshold.
+pub(crate) fn held_past_threshold(
+    h: &Hold<'_>,
+    threshold: Duration,
+    outcome: Outcome,
+    status: PoolStatus,
+    suppressed: u64,
+) {
+    guarded(|| {
+        hold_event!(
+            warn,
+            h,
             threshold_ms = millis(threshold),
             outcome = outcome.as_str(),
             in_use = status.in_use(),
             max_size = status.max_size,
             waiting = status.waiting,
-            suppressed = permit.suppressed,
+            suppressed,
             "connection held for {} (threshold {}) by {}",
-            human(closed.held),
+            human(h.held),
             human(threshold),
-            closed.site(),
+            h.site,
         );
     });
 }
 
-/// The `backtrace` field of a closed record: the symbolised stack, when
-/// `leak-report` captured one.
-fn closed_backtrace(closed: &Closed) -> Option<String> {
-    #[cfg(feature = "leak-report")]
-    return crate::stack::render_opt(closed.stack.as_ref());
-    #[cfg(not(feature = "leak-report"))]
-    {
-        let _ = closed;
-        None
-    }
+/// A guard was dropped while its thread was panicking.
+pub(crate) fn dropped_while_panicking(h: &Hold<'_>, backtrace: Option<&str>, suppressed: u64) {
+    guarded(|| {
+        hold_event!(
+            warn,
+            h,
+            outcome = Outcome::DroppedWhilePanicking.as_str(),
+            backtrace,
+            suppressed,
+            "connection from {} dropped while panicking after {}",
+            h.site,
+            human(h.held),
+        );
+    });
 }
 
-/// A guard was dropped while its thread was panicking.
-pub(crate) fn dropped_while_panicking(settings: &Settings, closed: &Closed) {
+/// What was wrong with a connection at its return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Poison {
+    /// A call was still in flight (its future dropped unfinished).
+    InFlight,
+    /// The connection was inside a transaction.
+    OpenTransaction,
+}
+
+/// A connection came back in a state the next caller must not inherit;
+/// `action` says what poolwatch did about it.
+pub(crate) fn returned_poisoned(
+    h: &Hold<'_>,
+    poison: Poison,
+    statement: Option<&str>,
+    transaction_site: Option<CallSite>,
+    (action, what): (&'static str, &'static str),
+    suppressed: u64,
+) {
+    let statement = statement.unwrap_or("");
+    guarded(|| match poison {
+        Poison::InFlight => hold_event!(
+            warn,
+            h,
+            statement,
+            action,
+            suppressed,
+            "connection from {} returned with a database call in flight (its future was \
+             dropped unfinished; the server may still be running it): {}; last statement: {}",
+            h.site,
+            what,
+            statement,
+        ),
+        Poison::OpenTransaction => hold_event!(
+            warn,
+            h,
+            statement,
+            transaction_site = transaction_site.map(tracing::field::display),
+            action,
+            suppressed,
+            "connection from {} returned inside a transaction: {}; last statement: {}",
+            h.site,
+            what,
+            statement,
+        ),
+    });
+}
+
+/// The integration stopped following a connection's protocol (once per
+/// connection, said when a hold on it ends).
+pub(crate) fn observation_lost(h: &Hold<'_>, reason: &str) {
     guarded(|| {
-        let backtrace = closed_backtrace(closed);
-        tracing::warn!(
-            target: TARGET,
-            pool = %settings.pool_name,
-            guard = closed.id,
-            site = %closed.site(),
-            span = %SpanName(closed.span()),
-            held_ms = millis(closed.held),
-            busy_ms = millis(closed.activity().busy),
-            backend_pid = closed.activity().backend_pid,
-            outcome = Outcome::DroppedWhilePanicking.as_str(),
-            backtrace = backtrace.as_deref(),
-            "connection from {} dropped while panicking after {}",
-            closed.site(),
-            human(closed.held),
+        hold_event!(
+            warn,
+            h,
+            reason,
+            "stopped following the protocol of the connection held by {} ({}); its busy time, \
+             statements and transaction state are not known from here on",
+            h.site,
+            reason,
         );
     });
 }
 
 /// An acquire succeeded, but only after waiting past the threshold.
-pub(crate) fn slow_acquire(
-    settings: &Settings,
-    guard: u64,
-    site: CallSite,
-    span: Option<SpanInfo>,
-    waited: Duration,
-) {
-    let Some(permit) = settings.slow_acquire_events.permit() else {
-        return;
-    };
-    let threshold = settings.slow_acquire();
+pub(crate) fn slow_acquire(w: &Wait<'_>, guard: u64, threshold: Duration, suppressed: u64) {
     guarded(|| {
-        tracing::warn!(
-            target: TARGET,
-            pool = %settings.pool_name,
+        wait_event!(
+            warn,
+            w,
             guard,
-            site = %site,
-            span = %SpanName(span),
-            waited_ms = millis(waited),
             threshold_ms = millis(threshold),
-            suppressed = permit.suppressed,
+            suppressed,
             "acquire at {} waited {} for a connection (threshold {})",
-            site,
-            human(waited),
+            w.site,
+            human(w.waited),
             human(threshold),
         );
     });
 }
 
-/// Outstanding guards of one call site: the "who holds the pool" line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Holders {
-    pub(crate) site: CallSite,
-    pub(crate) count: usize,
-    pub(crate) oldest: Duration,
-}
-
-/// Groups the outstanding guards by call site, most guards first.
-pub(crate) fn holders(ledger: &Ledger, now: Ticks) -> Vec<Holders> {
-    let mut groups: Vec<Holders> = Vec::new();
-    ledger.for_each_outstanding(|entry| {
-        let site = entry.site();
-        let held = entry.held(now);
-        match groups.iter_mut().find(|g| g.site == site) {
-            Some(g) => {
-                g.count += 1;
-                g.oldest = g.oldest.max(held);
-            }
-            None => groups.push(Holders {
-                site,
-                count: 1,
-                oldest: held,
-            }),
-        }
-    });
-    groups.sort_by(|a, b| b.count.cmp(&a.count).then(b.oldest.cmp(&a.oldest)));
-    groups
-}
-
-/// `12 by src/jobs/cleanup.rs:42:5 (oldest 1m 35s), 4 by …`
-struct HolderList<'a>(&'a [Holders]);
-
-impl fmt::Display for HolderList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("none by poolwatch guards");
-        }
-        for (i, g) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{} by {} (oldest {})", g.count, g.site, human(g.oldest))?;
-        }
-        Ok(())
-    }
-}
-
-/// What a failed acquire reports.
-pub(crate) struct FailedAcquire<'a> {
-    pub(crate) site: CallSite,
-    pub(crate) span: Option<SpanInfo>,
-    pub(crate) waited: Duration,
-    pub(crate) failure: AcquireFailure,
-    pub(crate) error: &'static str,
+/// Who holds the pool, for the events that list holders.
+#[derive(Clone, Copy)]
+pub(crate) struct Holders<'a> {
+    /// Connections held by poolwatch guards.
+    pub(crate) held: usize,
     pub(crate) status: PoolStatus,
-    pub(crate) holders: &'a [Holders],
-    /// Failed-acquire events left out by the rate limit since the last one.
-    pub(crate) suppressed: u64,
+    /// `12 by src/jobs.rs:42:5 (oldest 1m 35s, 12 idle in transaction), …`
+    pub(crate) list: &'a dyn fmt::Display,
+    /// `guard 12 at src/pay.rs:40:9, idle in transaction for 1.4s (blocks
+    /// 5)`: empty unless the server said who blocks the holders.
+    pub(crate) blocking: &'a dyn fmt::Display,
 }
 
 /// An acquire failed: say who holds the pool right now.
-pub(crate) fn acquire_failed(settings: &Settings, failed: &FailedAcquire<'_>) {
-    let held: usize = failed.holders.iter().map(|h| h.count).sum();
-    let what = match failed.failure {
+pub(crate) fn acquire_failed(
+    w: &Wait<'_>,
+    failure: AcquireFailure,
+    error: &str,
+    holders: Holders<'_>,
+    suppressed: u64,
+) {
+    let what = match failure {
         AcquireFailure::Timeout => "timed out",
         AcquireFailure::Closed => "is closed; acquire failed",
         AcquireFailure::Backend => "could not connect",
         AcquireFailure::NoRuntime => "has no runtime for its timeout; acquire failed",
     };
-    let holders = HolderList(failed.holders);
     guarded(|| {
-        tracing::warn!(
-            target: TARGET,
-            pool = %settings.pool_name,
-            site = %failed.site,
-            span = %SpanName(failed.span),
-            waited_ms = millis(failed.waited),
-            failure = failed.failure.as_str(),
-            error = %failed.error,
-            held,
-            max_size = failed.status.max_size,
-            waiting = failed.status.waiting,
-            holders = %holders,
-            suppressed = failed.suppressed,
+        wait_event!(
+            warn,
+            w,
+            failure = failure.as_str(),
+            error,
+            held = holders.held,
+            max_size = holders.status.max_size,
+            waiting = holders.status.waiting,
+            holders = %holders.list,
+            blocking = %holders.blocking,
+            suppressed,
             "pool {} {} after {} at {}; {}/{} held: {}",
-            settings.pool_name,
+            w.pool,
             what,
-            human(failed.waited),
-            failed.site,
-            held,
-            failed.status.max_size,
-            holders,
+            human(w.waited),
+            w.site,
+            holders.held,
+            holders.status.max_size,
+            holders.list,
         );
     });
 }
 
-/// What the guard did with the connection that the next caller must not
-/// inherit: a call still in flight, an open transaction.
-/// Inline, so the common hold (no finding) costs a test, not a call.
-#[inline]
-pub(crate) fn database_findings(settings: &Settings, closed: &Closed) {
-    let activity = closed.activity();
-    if activity.in_flight || activity.open_transaction {
-        report_database_findings(settings, closed);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn report_database_findings(settings: &Settings, closed: &Closed) {
-    let activity = closed.activity();
-    let statement = activity.last_statement.to_display();
-    let statement = statement.as_deref().unwrap_or("");
-    let action = if closed.evict {
-        "evicted"
-    } else {
-        "rolled_back_at_next_checkout"
-    };
-    if activity.in_flight {
-        guarded(|| {
-            tracing::warn!(
-                target: TARGET,
-                pool = %settings.pool_name,
-                guard = closed.id,
-                site = %closed.site(),
-                span = %SpanName(closed.span()),
-                held_ms = millis(closed.held),
-                busy_ms = millis(activity.busy),
-                backend_pid = activity.backend_pid,
-                statement,
-                action,
-                "connection from {} dropped with a database call in flight (its future was \
-                 dropped unfinished); the server may still be running it, connection {}",
-                closed.site(),
-                action,
-            );
-        });
-    }
-    if activity.open_transaction {
-        let transaction_site = activity.transaction_site.map(CallSite::from);
-        guarded(|| {
-            tracing::warn!(
-                target: TARGET,
-                pool = %settings.pool_name,
-                guard = closed.id,
-                site = %closed.site(),
-                span = %SpanName(closed.span()),
-                held_ms = millis(closed.held),
-                busy_ms = millis(activity.busy),
-                backend_pid = activity.backend_pid,
-                transaction_site = transaction_site.map(tracing::field::display),
-                statement,
-                action,
-                "connection from {} returned with an open transaction; connection {}",
-                closed.site(),
-                action,
-            );
-        });
-    }
-}
-
-/// An instrumented transaction ended: WARN when it was dropped without
-/// commit or rollback (the `?` early-return path), DEBUG otherwise.
-pub(crate) fn transaction_ended(
-    settings: &Settings,
-    entry: &TransactionHolder,
-    ended: &TransactionEnded,
-) {
-    #[cfg(feature = "metrics")]
-    if ended.ending == TransactionEnding::RolledBackByDrop {
-        settings
-            .metrics
-            .error_path(crate::export::ErrorPath::RolledBackByDrop);
-    }
-    let site = CallSite::from(entry.location);
-    let transaction_site = CallSite::from(ended.site);
-    let statement = entry.last_statement.to_display();
-    let statement = statement.as_deref().unwrap_or("");
+/// An acquire was given up by its caller (its future dropped while it
+/// waited: a request timeout, `select!`).
+pub(crate) fn acquire_cancelled(w: &Wait<'_>, holders: Holders<'_>, suppressed: u64) {
     guarded(|| {
-        if ended.ending == TransactionEnding::RolledBackByDrop {
-            tracing::warn!(
-                target: TARGET,
-                pool = %settings.pool_name,
-                guard = entry.id,
-                site = %site,
-                transaction_site = %transaction_site,
-                span = %SpanName(entry.span.map(SpanRef::info)),
-                transaction_ms = millis(ended.duration),
-                idle_in_transaction_ms = millis(ended.idle),
-                backend_pid = entry.backend_pid,
-                statement,
-                ending = ended.ending.as_str(),
-                "transaction begun at {} was dropped without commit or rollback after {} \
-                 (rolled back by drop; last statement: {})",
-                transaction_site,
-                human(ended.duration),
-                statement,
-            );
-        } else {
-            tracing::debug!(
-                target: TARGET,
-                pool = %settings.pool_name,
-                guard = entry.id,
-                site = %site,
-                transaction_site = %transaction_site,
-                span = %SpanName(entry.span.map(SpanRef::info)),
-                transaction_ms = millis(ended.duration),
-                idle_in_transaction_ms = millis(ended.idle),
-                backend_pid = entry.backend_pid,
-                ending = ended.ending.as_str(),
-                "transaction begun at {} {} after {} ({} idle)",
-                transaction_site,
-                ended.ending.as_str(),
-                human(ended.duration),
-                human(ended.idle),
-            );
-        }
+        wait_event!(
+            warn,
+            w,
+            held = holders.held,
+            max_size = holders.status.max_size,
+            waiting = holders.status.waiting,
+            holders = %holders.list,
+            blocking = %holders.blocking,
+            suppressed,
+            "acquire at {} was cancelled by its caller after waiting {}; {}/{} held: {}",
+            w.site,
+            human(w.waited),
+            holders.held,
+            holders.status.max_size,
+            holders.list,
+        );
     });
 }
 
-/// The recycle probe found a connection inside a transaction.
-pub(crate) fn open_transaction_at_recycle(
-    settings: &Settings,
-    backend_pid: Option<i32>,
-    holder: Option<LastHolder>,
-    action: &'static str,
-) {
-    let site = holder.map(|h| CallSite::from(h.location));
-    let guard = holder.map(|h| h.guard);
-    let by = match site {
-        Some(site) => site.to_string(),
-        None => "an uninstrumented holder".to_owned(),
-    };
+/// A task asked for a second connection while holding one of the same
+/// pool, and has to wait: if every holder does this, none can go on.
+pub(crate) fn nested_checkout(w: &Wait<'_>, holder: &Hold<'_>, max_size: usize, suppressed: u64) {
     guarded(|| {
-        if holder.is_some_and(|h| h.reported_open_transaction) {
-            tracing::debug!(
-                target: TARGET,
-                pool = %settings.pool_name,
-                guard,
-                site = site.map(tracing::field::display),
-                backend_pid,
-                action,
-                "open transaction left by {} cleaned at checkout ({})",
-                by,
-                action,
-            );
-        } else {
-            tracing::warn!(
-                target: TARGET,
-                pool = %settings.pool_name,
-                guard,
-                site = site.map(tracing::field::display),
-                backend_pid,
-                action,
-                "connection returned by {} was still inside a transaction; found at the next \
-                 checkout ({})",
-                by,
-                action,
-            );
-        }
+        wait_event!(
+            warn,
+            w,
+            holder_guard = holder.guard,
+            holder_site = %holder.site,
+            holder_held_ms = millis(holder.held),
+            max_size,
+            suppressed,
+            "nested checkout: the task waiting at {} already holds guard {} from {} (held {}) \
+             of the same pool; if the holders of all {} connections do this, they wait for \
+             each other forever (self-deadlock)",
+            w.site,
+            holder.guard,
+            holder.site,
+            human(holder.held),
+            max_size,
+        );
     });
 }
 
-/// The watchdog found a guard held past the threshold (times the
-/// escalation factor of `flagged.level`) and not yet returned.
-#[cfg(feature = "leak-report")]
-pub(crate) fn still_held(
-    settings: &Settings,
-    flagged: &Flagged,
-    threshold: Duration,
-    status: PoolStatus,
-) {
+/// Callers are stuck waiting right now.
+#[derive(Clone, Copy)]
+pub(crate) struct Stuck<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) waiting: usize,
+    pub(crate) oldest: Duration,
+    pub(crate) threshold: Duration,
+    /// `3 at src/api.rs:88:9 (oldest 3s), …`
+    pub(crate) waiters: &'a dyn fmt::Display,
+    pub(crate) holders: Holders<'a>,
+}
+
+/// Callers have waited past the slow-acquire threshold and are still
+/// waiting (one per episode, then rate-limited).
+pub(crate) fn stuck_waiters(stuck: &Stuck<'_>, suppressed: u64) {
     guarded(|| {
-        if !tracing::enabled!(target: TARGET, tracing::Level::WARN) {
-            return; // nobody listens: skip the symbolisation
-        }
-        let backtrace = crate::stack::render_opt(flagged.stack.as_ref());
         tracing::warn!(
             target: TARGET,
-            pool = %settings.pool_name,
-            guard = flagged.id,
-            site = %flagged.site,
-            span = %SpanName(flagged.span),
-            held_ms = millis(flagged.held),
-            threshold_ms = millis(threshold),
-            flag = flagged.level,
-            in_use = status.in_use(),
-            max_size = status.max_size,
-            waiting = status.waiting,
-            backtrace = backtrace.as_deref(),
-            "connection from {} still held after {} (threshold {}); pool {}: {}/{} in use, {} waiting",
-            flagged.site,
-            human(flagged.held),
-            human(threshold),
-            settings.pool_name,
-            status.in_use(),
-            status.max_size,
-            status.waiting,
+            pool = %stuck.pool,
+            waiting = stuck.waiting,
+            oldest_wait_ms = millis(stuck.oldest),
+            threshold_ms = millis(stuck.threshold),
+            waiters = %stuck.waiters,
+            held = stuck.holders.held,
+            max_size = stuck.holders.status.max_size,
+            holders = %stuck.holders.list,
+            blocking = %stuck.holders.blocking,
+            suppressed,
+            "pool {}: {} caller(s) waiting for a connection, the oldest for {} (threshold {}): \
+             {}; {}/{} held: {}",
+            stuck.pool,
+            stuck.waiting,
+            human(stuck.oldest),
+            human(stuck.threshold),
+            stuck.waiters,
+            stuck.holders.held,
+            stuck.holders.status.max_size,
+            stuck.holders.list,
         );
     });
 }
 
-/// A guard the watchdog had flagged was returned after all ("unleaked").
-#[cfg(feature = "leak-report")]
-pub(crate) fn returned_after_flagged(settings: &Settings, closed: &Closed, outcome: Outcome) {
+/// The callers stuck waiting are all served (the end of an episode).
+pub(crate) fn waiters_served(pool: &str, lasted: Duration) {
     guarded(|| {
         tracing::info!(
             target: TARGET,
-            pool = %settings.pool_name,
-            guard = closed.id,
-            site = %closed.site(),
-            span = %SpanName(closed.span()),
-            held_ms = millis(closed.held),
+            pool = %pool,
+            lasted_ms = millis(lasted),
+            "pool {}: no caller waits past the threshold any more (after {})",
+            pool,
+            human(lasted),
+        );
+    });
+}
+
+/// A watched transaction ended.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+pub(crate) struct TransactionEnd<'a> {
+    pub(crate) hold: Hold<'a>,
+    pub(crate) transaction_site: CallSite,
+    pub(crate) ending: &'static str,
+    pub(crate) duration: Duration,
+    pub(crate) idle: Option<Duration>,
+    pub(crate) statement: Option<&'a str>,
+}
+
+/// WARN for a transaction dropped without commit or rollback (the `?`
+/// early return), DEBUG for the others.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+pub(crate) fn transaction_ended(t: &TransactionEnd<'_>, by_drop: bool, suppressed: u64) {
+    let statement = t.statement.unwrap_or("");
+    let idle = t.idle.map(millis);
+    guarded(|| {
+        if by_drop {
+            hold_event!(
+                warn,
+                &t.hold,
+                transaction_site = %t.transaction_site,
+                transaction_ms = millis(t.duration),
+                idle_in_transaction_ms = idle,
+                statement,
+                ending = t.ending,
+                suppressed,
+                "transaction begun at {} was dropped without commit or rollback after {} \
+                 (rolled back by drop; last statement: {})",
+                t.transaction_site,
+                human(t.duration),
+                statement,
+            );
+        } else {
+            hold_event!(
+                debug,
+                &t.hold,
+                transaction_site = %t.transaction_site,
+                transaction_ms = millis(t.duration),
+                idle_in_transaction_ms = idle,
+                ending = t.ending,
+                "transaction begun at {} {} after {}",
+                t.transaction_site,
+                t.ending,
+                human(t.duration),
+            );
+        }
+    });
+}
+
+#[cfg(feature = "leak-report")]
+/// What the watchdog reports about a guard still held.
+#[derive(Clone, Copy)]
+pub(crate) struct StillHeld<'a> {
+    pub(crate) hold: Hold<'a>,
+    pub(crate) level: u8,
+    pub(crate) threshold: Duration,
+    pub(crate) status: PoolStatus,
+    /// `in a database call`, `idle in transaction`, … when observed.
+    pub(crate) state: Option<&'static str>,
+    pub(crate) statement: Option<&'a str>,
+    /// What the database server says its backend does, when it said.
+    pub(crate) server: Option<&'a str>,
+    pub(crate) backtrace: Option<&'a str>,
+}
+
+#[cfg(feature = "leak-report")]
+/// The watchdog found a guard held past the threshold (times the
+/// escalation factor of its level) and not yet returned.
+pub(crate) fn still_held(s: &StillHeld<'_>, suppressed: u64) {
+    guarded(|| {
+        hold_event!(
+            warn,
+            &s.hold,
+            threshold_ms = millis(s.threshold),
+            flag = s.level,
+            state = s.state,
+            statement = s.statement,
+            server_state = s.server,
+            in_use = s.status.in_use(),
+            max_size = s.status.max_size,
+            waiting = s.status.waiting,
+            backtrace = s.backtrace,
+            suppressed,
+            "connection from {} still held after {} (threshold {}){}{}; pool {}: {}/{} in use, {} waiting",
+            s.hold.site,
+            human(s.hold.held),
+            human(s.threshold),
+            StateSuffix(s.state),
+            ServerSuffix(s.server),
+            s.hold.pool,
+            s.status.in_use(),
+            s.status.max_size,
+            s.status.waiting,
+        );
+    });
+}
+
+#[cfg(feature = "leak-report")]
+/// `, idle in transaction`, or nothing.
+struct StateSuffix(Option<&'static str>);
+
+#[cfg(feature = "leak-report")]
+impl fmt::Display for StateSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(state) => write!(f, ", {state}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "leak-report")]
+/// `; server: waiting on a lock (…) for 1.2s`, or nothing.
+struct ServerSuffix<'a>(Option<&'a str>);
+
+#[cfg(feature = "leak-report")]
+impl fmt::Display for ServerSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(server) => write!(f, "; server: {server}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A guard the watchdog had flagged was returned after all ("unleaked").
+pub(crate) fn returned_after_flagged(h: &Hold<'_>, outcome: Outcome, suppressed: u64) {
+    guarded(|| {
+        hold_event!(
+            info,
+            h,
             outcome = outcome.as_str(),
+            suppressed,
             "connection from {} returned after being flagged; held {} in total",
-            closed.site(),
-            human(closed.held),
+            h.site,
+            human(h.held),
         );
     });
 }
 
 /// A guard was detached from the pool with `Guard::take`.
-#[cfg(feature = "leak-report")]
-pub(crate) fn detached(settings: &Settings, closed: &Closed) {
+pub(crate) fn detached(h: &Hold<'_>, backtrace: Option<&str>, suppressed: u64) {
     guarded(|| {
-        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-            return;
-        }
-        let backtrace = closed_backtrace(closed);
-        tracing::info!(
-            target: TARGET,
-            pool = %settings.pool_name,
-            guard = closed.id,
-            site = %closed.site(),
-            span = %SpanName(closed.span()),
-            held_ms = millis(closed.held),
+        hold_event!(
+            info,
+            h,
             outcome = Outcome::Detached.as_str(),
-            backtrace = backtrace.as_deref(),
+            backtrace,
+            suppressed,
             "connection from {} detached from the pool after {}",
-            closed.site(),
-            human(closed.held),
+            h.site,
+            human(h.held),
         );
     });
 }
 
-/// Why a never-returned report was made.
 #[cfg(feature = "leak-report")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// `WatchedPool::close`.
-    Closed,
-    /// The last `WatchedPool` handle was dropped.
-    Dropped,
-}
-
-#[cfg(feature = "leak-report")]
-impl Ending {
-    fn as_str(self) -> &'static str {
-        match self {
-            Ending::Closed => "closed",
-            Ending::Dropped => "dropped",
-        }
-    }
-    fn describe(self) -> &'static str {
-        match self {
-            Ending::Closed => "the pool was closed",
-            Ending::Dropped => "the last pool handle was dropped",
-        }
-    }
-}
-
 /// A guard still held when its pool closed or was dropped: it was never
 /// returned.
-#[cfg(feature = "leak-report")]
-pub(crate) fn never_returned(settings: &Settings, flagged: &Flagged, ending: Ending) {
+pub(crate) fn never_returned(
+    h: &Hold<'_>,
+    ending: &'static str,
+    why: &str,
+    backtrace: Option<&str>,
+) {
     guarded(|| {
-        let backtrace = if tracing::enabled!(target: TARGET, tracing::Level::ERROR) {
-            crate::stack::render_opt(flagged.stack.as_ref())
-        } else {
-            None
-        };
-        tracing::error!(
-            target: TARGET,
-            pool = %settings.pool_name,
-            guard = flagged.id,
-            site = %flagged.site,
-            span = %SpanName(flagged.span),
-            held_ms = millis(flagged.held),
-            ending = ending.as_str(),
-            backtrace = backtrace.as_deref(),
+        hold_event!(
+            error,
+            h,
+            ending,
+            backtrace,
             "connection from {} never returned: still held after {} when {}",
-            flagged.site,
-            human(flagged.held),
-            ending.describe(),
+            h.site,
+            human(h.held),
+            why,
         );
     });
 }
 
-/// The watchdog thread could not be started.
 #[cfg(feature = "leak-report")]
+/// More guards were never returned than are listed one by one.
+pub(crate) fn never_returned_more(pool: &str, more: usize, sites: &dyn fmt::Display, why: &str) {
+    guarded(|| {
+        tracing::error!(
+            target: TARGET,
+            pool = %pool,
+            more,
+            sites = %sites,
+            "{} more connection(s) never returned when {}: {}",
+            more,
+            why,
+            sites,
+        );
+    });
+}
+
+/// What the rate limits left out and no later event carried.
+pub(crate) fn suppressed_summary(pool: &str, counts: &dyn fmt::Display, total: u64) {
+    guarded(|| {
+        tracing::info!(
+            target: TARGET,
+            pool = %pool,
+            suppressed = total,
+            counts = %counts,
+            "pool {}: {} event(s) left out by rate limits: {}",
+            pool,
+            total,
+            counts,
+        );
+    });
+}
+
+#[cfg(feature = "leak-report")]
+/// The watchdog thread could not be started.
 pub(crate) fn watchdog_unavailable(error: &std::io::Error) {
     guarded(|| {
         tracing::warn!(
@@ -559,17 +594,45 @@ pub(crate) fn watchdog_unavailable(error: &std::io::Error) {
     });
 }
 
-/// The periodic report (`POOLWATCH_REPORT_EVERY`): INFO with the verdicts
-/// as a field and the whole table as the message.
-pub(crate) fn periodic_report(report: &crate::report::Report) {
-    let verdicts: Vec<&str> = report.verdicts.iter().map(|v| v.kind.as_str()).collect();
-    let verdicts = verdicts.join(",");
+/// A background thread could not be started.
+pub(crate) fn sampler_unavailable(error: &std::io::Error) {
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            error = %error,
+            "poolwatch could not start its sampler thread; no timeline, no stuck-waiter reports",
+        );
+    });
+}
+
+/// The server view failed (permissions, server down, timeout): once per
+/// run of failures. The diagnosis goes on without the server's side.
+pub(crate) fn server_view_failed(pool: &str, error: &str) {
+    guarded(|| {
+        tracing::warn!(
+            target: TARGET,
+            pool,
+            error,
+            "pool {pool}: poolwatch cannot ask the database server about its connections ({error}); \
+             the diagnosis goes on from what the application sees",
+        );
+    });
+}
+
+/// The periodic report: INFO with the verdicts as a field and the whole
+/// table as the message.
+pub(crate) fn periodic_report(
+    pool: &str,
+    verdicts: &str,
+    flagged: usize,
+    report: &dyn fmt::Display,
+) {
     guarded(|| {
         tracing::info!(
             target: TARGET,
-            pool = %report.pool,
+            pool = %pool,
             verdicts = %verdicts,
-            flagged = report.flagged.len(),
+            flagged,
             "{}",
             report
         );

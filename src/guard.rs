@@ -1,4 +1,5 @@
-//! [`Guard`]: a checked-out connection whose `Drop` closes its record.
+//! [`Guard`]: a checked-out connection. Its `Drop` (in `checkout.rs`, next
+//! to the acquire) closes its record and returns the connection.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -6,9 +7,10 @@ use std::sync::Arc;
 
 use deadpool::managed::{Manager, Object};
 
-use crate::events;
-use crate::ledger::{Closed, Shard, Ticks};
+use crate::ledger::Ticks;
+use crate::observe::Disposal;
 use crate::outcome::Outcome;
+use crate::shared::PoolShard;
 
 /// A connection checked out through [`WatchedPool`](crate::WatchedPool).
 ///
@@ -19,6 +21,7 @@ use crate::outcome::Outcome;
 /// and closes the checkout record (hold time, outcome, events).
 ///
 /// ```no_run
+/// # #[cfg(feature = "postgres")]
 /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let client = pool.get().await?;                // recorded: site, span, wait
 /// let row = client.query_one("SELECT 1", &[]).await?;
@@ -29,64 +32,30 @@ use crate::outcome::Outcome;
 pub struct Guard<M: Manager> {
     /// `None` only after `take`/`into_inner` moved it out (a `Drop` type
     /// cannot move fields out otherwise).
-    object: Option<Object<M>>,
-    record: Record,
+    pub(crate) object: Option<Object<M>>,
+    pub(crate) record: Record,
 }
 
 /// Where this guard's checkout record lives in the ledger.
 pub(crate) struct Record {
-    pub(crate) shard: Arc<Shard>,
+    pub(crate) shard: Arc<PoolShard>,
     pub(crate) key: usize,
     pub(crate) id: u64,
 }
 
 impl Record {
-    /// Closes the record in the ledger. Never panics.
-    #[inline]
-    fn close(&self, outcome: Outcome) -> Option<Closed> {
-        self.shard.close(self.key, outcome, Ticks::now())
-    }
-
-    /// Closes the record and reports its ending.
-    pub(crate) fn finish(&self, outcome: Outcome) {
-        if let Some(closed) = self.close(outcome) {
-            self.report(&closed, outcome);
-        }
-    }
-
-    /// Emits what the ending calls for, after the ledger lock is released.
-    fn report(&self, closed: &Closed, outcome: Outcome) {
-        let settings = &self.shard.settings;
-        if outcome == Outcome::DroppedWhilePanicking {
-            events::dropped_while_panicking(settings, closed);
-        }
-        let past_threshold = settings.exceeds_hold_threshold(closed.held);
-        #[cfg(feature = "metrics")]
-        {
-            settings.metrics.on_close(closed, outcome, past_threshold);
-            if let Some(status) = settings.pool_status() {
-                settings.metrics.set_status(status);
-            }
-        }
-        if past_threshold {
-            events::held_past_threshold(settings, closed, outcome);
-        }
-        events::database_findings(settings, closed);
-        #[cfg(feature = "leak-report")]
-        {
-            if closed.flagged {
-                events::returned_after_flagged(settings, closed, outcome);
-            }
-            if outcome == Outcome::Detached {
-                events::detached(settings, closed);
-            }
+    /// Closes the record with `outcome` (the connection is the caller's
+    /// now) and reacts to it.
+    fn finish(&self, outcome: Outcome) {
+        if let Some(closed) = self.shard.close(self.key, outcome, Ticks::now()) {
+            self.shard.attached.closed(&closed, Disposal::KeptByCaller);
         }
     }
 }
 
 impl<M: Manager> Guard<M> {
     #[inline]
-    pub(crate) fn new(object: Object<M>, shard: Arc<Shard>, key: usize, id: u64) -> Self {
+    pub(crate) fn new(object: Object<M>, shard: Arc<PoolShard>, key: usize, id: u64) -> Self {
         Self {
             object: Some(object),
             record: Record { shard, key, id },
@@ -100,6 +69,7 @@ impl<M: Manager> Guard<M> {
     /// shadows a method of the connection.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
     /// let client = pool.get().await?;
     /// tracing::info!(guard = poolwatch::Guard::guard_id(&client), "got a connection");
@@ -114,6 +84,7 @@ impl<M: Manager> Guard<M> {
     /// yours. Recorded as [`Outcome::Detached`], not as a leak.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
     /// let client = pool.get().await?;
     /// let raw: deadpool_postgres::ClientWrapper = poolwatch::Guard::take(client);
@@ -130,6 +101,7 @@ impl<M: Manager> Guard<M> {
     /// `deadpool_postgres::Client` by value.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
     /// let client: deadpool_postgres::Client = poolwatch::Guard::into_inner(pool.get().await?);
     /// # Ok(()) }
@@ -140,43 +112,11 @@ impl<M: Manager> Guard<M> {
         object
     }
 
-    /// The checkout record, for the database integrations' call timing.
-    pub(crate) fn record(this: &Self) -> &Record {
-        &this.record
-    }
-
     /// The object and the record at once (a transaction borrows both).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
     pub(crate) fn split_mut(this: &mut Self) -> (&mut Object<M>, &Record) {
         let object = this.object.as_mut().expect("a live guard holds its object");
         (object, &this.record)
-    }
-}
-
-impl<M: Manager> Drop for Guard<M> {
-    fn drop(&mut self) {
-        if self.object.is_none() {
-            return; // already closed by take/into_inner
-        }
-        let outcome = if std::thread::panicking() {
-            Outcome::DroppedWhilePanicking
-        } else {
-            Outcome::Returned
-        };
-        let closed = self.record.close(outcome);
-        // Return the connection before reporting, so a slow subscriber does
-        // not lengthen the hold; assigning drops it in place (no move). One
-        // the next caller must not get (a call still running on it, an open
-        // transaction nobody rolls back) is detached and closed instead.
-        if closed.as_ref().is_some_and(|c| c.evict) {
-            if let Some(object) = self.object.take() {
-                drop(Object::take(object));
-            }
-        } else {
-            self.object = None;
-        }
-        if let Some(closed) = closed {
-            self.record.report(&closed, outcome);
-        }
     }
 }
 

@@ -41,14 +41,14 @@
 //! [`WatchedPool::snapshot`] gives the same data as plain structs.
 //!
 //! ```no_run
-//! use poolwatch::{WatchConfig, WatchedPool};
-//!
+//! # #[cfg(feature = "postgres")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut cfg = deadpool_postgres::Config::new();
-//! cfg.url = Some("postgres://app@localhost/app".into());
-//! let pg = cfg.create_pool(Some(deadpool_postgres::Runtime::Tokio1), tokio_postgres::NoTls)?;
+//! use poolwatch::postgres::{Config, Runtime};
 //!
-//! let pool = WatchedPool::new(pg, WatchConfig::builder().pool_name("main").with_env()?.build()?);
+//! let mut cfg = Config::new();
+//! cfg.url = Some("postgres://app@localhost/app".into());
+//! // was: let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls)?;
+//! let pool = poolwatch::postgres::create_pool(&cfg, Some(Runtime::Tokio1), tokio_postgres::NoTls)?;
 //! let client = pool.get().await?;
 //! let row = client.query_one("SELECT 1::int4", &[]).await?;
 //! assert_eq!(row.get::<_, i32>(0), 1);
@@ -78,48 +78,56 @@
 //! and std frames trimmed and counted), `flag` (escalation level 1–3),
 //! `in_use` and `ending` (`closed` or `dropped`).
 #![deny(missing_docs)]
-// The database-activity parts of the ledger are driven by the `postgres`
-// integration only.
-#![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
-mod acquire;
+// The layers, top to bottom (see ARCHITECTURE.md): the hot path (`pool`,
+// `checkout`, `guard`) records into the `ledger` and reacts through
+// `observe`; `view` and `report` read; `sampler` and `watchdog` run in the
+// background; `postgres` is the database integration.
+mod background;
+mod checkout;
 mod config;
 mod errors;
+mod events;
+#[cfg(feature = "metrics")]
+pub mod export;
+#[cfg(not(feature = "metrics"))]
+mod export;
+mod guard;
+mod human;
+mod ledger;
+mod observe;
+mod outcome;
+mod pool;
+mod ratelimit;
+pub mod report;
+mod sampler;
+mod server;
+mod shared;
+mod site;
+mod snapshot;
+#[cfg(feature = "leak-report")]
+mod stack;
+mod stack_mode;
+mod task;
+mod timeline;
+mod view;
+#[cfg(feature = "leak-report")]
+mod watchdog;
 
 /// **Not public API**: internals for poolwatch's own benches and memory
 /// test. Hidden, exempt from semver, may change in any release.
 #[doc(hidden)]
 #[path = "bench_support.rs"]
 pub mod __bench;
-mod events;
-mod guard;
-mod ledger;
-mod outcome;
-mod pool;
-mod ratelimit;
-pub mod report;
-mod sampler;
-mod site;
-mod snapshot;
-#[cfg(feature = "leak-report")]
-mod stack;
-mod stack_mode;
-mod timeline;
-#[cfg(feature = "leak-report")]
-mod watch;
-#[cfg(feature = "leak-report")]
-mod watchdog;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
-#[cfg(feature = "metrics")]
-pub mod export;
-
 pub use config::{
-    WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES, ENV_METRICS_SITE_LABELS,
-    ENV_POOL_NAME, ENV_REPORT_EVERY, ENV_SLOW_ACQUIRE, ENV_STACKS, ENV_TIMELINE_TICK,
-    ENV_TIMELINE_WINDOW,
+    Statements, WatchConfig, WatchConfigBuilder, ENV_HOLD_THRESHOLD, ENV_MAX_SITES,
+    ENV_METRICS_SITE_LABELS, ENV_POOL_NAME, ENV_REPORT_EVERY, ENV_SERVER_VIEW, ENV_SLOW_ACQUIRE,
+    ENV_STACKS, ENV_STATEMENTS, ENV_TIMELINE_TICK, ENV_TIMELINE_WINDOW, ENV_WINDOW, MIN_THRESHOLD,
+    MIN_TICK,
 };
 pub use errors::ConfigError;
 pub use events::TARGET;
@@ -129,8 +137,8 @@ pub use pool::WatchedPool;
 pub use report::{Report, Verdict, VerdictKind};
 pub use site::{CallSite, SpanInfo};
 pub use snapshot::{
-    DatabaseStats, LatencySummary, OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot,
-    SpanSnapshot,
+    DatabaseStats, HolderState, LatencySummary, LifetimeTotals, OutstandingGuard, PoolSnapshot,
+    PoolStatus, SiteSnapshot, SpanSnapshot, WaitingAcquire,
 };
 pub use timeline::PressureSample;
 

@@ -6,20 +6,18 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::managed::{Manager, Object, Pool, PoolError, Timeouts};
+use deadpool::managed::{Manager, Pool, PoolError, Timeouts};
 
-use crate::acquire::Acquire;
-use crate::config::WatchConfig;
-use crate::events::{self, FailedAcquire};
+use crate::checkout::{Acquire, ConnectionKey};
+use crate::config::{self, WatchConfig};
+use crate::errors::ConfigError;
 use crate::guard::Guard;
-use crate::ledger::{Checkout, Ledger, Ticks};
-use crate::outcome::AcquireFailure;
 use crate::report::Report;
-use crate::site::{CallSite, SpanRef};
+use crate::shared::Shared;
 use crate::snapshot::{PoolSnapshot, PoolStatus};
 use crate::stack_mode::StackMode;
 #[cfg(feature = "leak-report")]
-use crate::watch::PoolWatch;
+use crate::watchdog::PoolWatch;
 
 /// A deadpool [`Pool`] whose checkouts are recorded: who acquired each
 /// connection, how long they waited, how long they held it and how the hold
@@ -36,6 +34,7 @@ use crate::watch::PoolWatch;
 /// use std::time::Duration;
 /// use poolwatch::{WatchConfig, WatchedPool};
 ///
+/// # #[cfg(feature = "postgres")]
 /// # async fn demo(pg: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let config = WatchConfig::builder()
 ///     .pool_name("main")
@@ -52,10 +51,13 @@ pub struct WatchedPool<M: Manager> {
     /// The pool's own timeouts (fixed when deadpool builds a pool), for
     /// [`get`](Self::get).
     timeouts: Timeouts,
-    ledger: Arc<Ledger>,
+    shared: Arc<Shared>,
+    /// How a database integration identifies a pooled object's connection
+    /// (pools it builds; `None` for a ready-made pool).
+    connection_key: Option<ConnectionKey<M::Type>>,
     /// Shared by the handles only: its `Drop` is the last handle's.
     #[cfg(feature = "leak-report")]
-    watch: Arc<PoolWatch<M>>,
+    watch: Arc<PoolWatch>,
 }
 
 impl<M: Manager> Clone for WatchedPool<M> {
@@ -63,7 +65,8 @@ impl<M: Manager> Clone for WatchedPool<M> {
         Self {
             pool: self.pool.clone(),
             timeouts: self.timeouts,
-            ledger: Arc::clone(&self.ledger),
+            shared: Arc::clone(&self.shared),
+            connection_key: self.connection_key,
             #[cfg(feature = "leak-report")]
             watch: Arc::clone(&self.watch),
         }
@@ -73,7 +76,7 @@ impl<M: Manager> Clone for WatchedPool<M> {
 impl<M: Manager> fmt::Debug for WatchedPool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchedPool")
-            .field("name", &self.ledger.settings.pool_name)
+            .field("name", &self.shared.observer.pool)
             .field("status", &self.pool.status())
             .finish_non_exhaustive()
     }
@@ -83,7 +86,14 @@ impl<M: Manager> WatchedPool<M> {
     /// Wraps an existing pool. Only checkouts made through the wrapper are
     /// recorded. With `leak-report`, the watchdog starts watching it.
     ///
+    /// A ready-made pool's connections are not observed (deadpool builds
+    /// them before poolwatch sees them): holds, waits, sites and spans are
+    /// recorded, database time is not. Pools built by
+    /// [`postgres::Pool::from_config`](crate::postgres::Pool::from_config)
+    /// observe every call on their connections.
+    ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # fn demo(pg: deadpool_postgres::Pool) -> Result<(), poolwatch::ConfigError> {
     /// let pool = poolwatch::WatchedPool::new(pg, poolwatch::WatchConfig::from_env()?);
     /// # Ok(()) }
@@ -92,27 +102,33 @@ impl<M: Manager> WatchedPool<M> {
     where
         M: 'static,
     {
-        Self::with_ledger(pool, Arc::new(Ledger::new(&config)))
+        Self::with_shared(pool, Shared::new(&config), None)
     }
 
-    /// Wraps a pool whose hooks already share `ledger` (database
+    /// Wraps a pool whose hooks already share `shared` (database
     /// integrations that install hooks before the pool exists).
-    pub(crate) fn with_ledger(pool: Pool<M>, ledger: Arc<Ledger>) -> Self
+    pub(crate) fn with_shared(
+        pool: Pool<M>,
+        shared: Arc<Shared>,
+        connection_key: Option<ConnectionKey<M::Type>>,
+    ) -> Self
     where
         M: 'static,
     {
-        // The ledger reads the status through a weak handle, so it never
+        // The observer reads the status through a weak handle, so it never
         // keeps the pool alive.
         let weak = pool.weak();
-        let status = Box::new(move || weak.upgrade().map(|p| PoolStatus::from(p.status())));
-        ledger.settings.set_status_source(status);
-        crate::sampler::register(&ledger);
+        shared.observer.set_status_source(Box::new(move || {
+            weak.upgrade().map(|p| PoolStatus::from(p.status()))
+        }));
+        crate::sampler::register(&shared);
         Self {
             #[cfg(feature = "leak-report")]
-            watch: PoolWatch::start(pool.clone(), Arc::clone(&ledger)),
+            watch: PoolWatch::start(Arc::clone(&shared)),
             timeouts: pool.timeouts(),
             pool,
-            ledger,
+            shared,
+            connection_key,
         }
     }
 
@@ -120,9 +136,13 @@ impl<M: Manager> WatchedPool<M> {
     /// caller's source line as the call site.
     ///
     /// Written as a plain `fn` returning a future because `#[track_caller]`
-    /// does nothing on an `async fn` (rust#110011).
+    /// does nothing on an `async fn` (rust#110011). A helper of your own
+    /// that wraps `get()` keeps the real caller's line the same way: a
+    /// `#[track_caller]` plain `fn` that calls `get()` before any `async`
+    /// block (see the README).
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), deadpool_postgres::PoolError> {
     /// let client = pool.get().await?;
     /// # Ok(()) }
@@ -132,7 +152,8 @@ impl<M: Manager> WatchedPool<M> {
         // deadpool's `get()` is `timeout_get(&self.timeouts())` inside one
         // more future; the pool's timeouts, kept here, skip that layer.
         Acquire::new(
-            self,
+            &self.shared,
+            self.connection_key,
             Location::caller(),
             self.pool.timeout_get(&self.timeouts),
         )
@@ -142,6 +163,7 @@ impl<M: Manager> WatchedPool<M> {
     /// [`Pool::timeout_get`].
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) -> Result<(), deadpool_postgres::PoolError> {
     /// use std::time::Duration;
     /// let timeouts = deadpool::managed::Timeouts {
@@ -156,109 +178,37 @@ impl<M: Manager> WatchedPool<M> {
         &'a self,
         timeouts: &'a Timeouts,
     ) -> impl Future<Output = Result<Guard<M>, PoolError<M::Error>>> + Send + 'a {
-        Acquire::new(self, Location::caller(), self.pool.timeout_get(timeouts))
+        Acquire::new(
+            &self.shared,
+            self.connection_key,
+            Location::caller(),
+            self.pool.timeout_get(timeouts),
+        )
     }
 
-    /// Opens the checkout record of an acquired object and wraps it.
-    /// `waiting_since`: when the acquire first had to wait, if it did.
-    #[inline]
-    pub(crate) fn opened(
-        &self,
-        object: Object<M>,
-        location: &'static Location<'static>,
-        waiting_since: Option<Ticks>,
-    ) -> Guard<M> {
-        let acquired = Ticks::now();
-        let waited = waiting_since.map_or(Duration::ZERO, |since| since.until(acquired));
-        let span = SpanRef::current();
-        let shard = self.ledger.local_shard();
-        let (key, id) = shard.open(Checkout {
-            location,
-            span,
-            waited,
-            acquired,
-        });
-        #[cfg(feature = "metrics")]
-        {
-            let metrics = &self.ledger.settings.metrics;
-            metrics.on_checkout(waited);
-            metrics.set_status(self.pool.status().into());
-        }
-        #[cfg(feature = "leak-report")]
-        shard.capture_stack(key);
-        // An acquire that did not wait is never slow: skip the comparison.
-        if waiting_since.is_some() && self.ledger.settings.exceeds_slow_acquire(waited) {
-            let site = CallSite::from(location);
-            events::slow_acquire(
-                &self.ledger.settings,
-                id,
-                site,
-                span.map(SpanRef::info),
-                waited,
-            );
-        }
-        Guard::new(object, Arc::clone(shard), key, id)
-    }
-
-    /// Records a failed acquire and reports it (rate-limited).
-    #[cold]
-    pub(crate) fn acquire_failed(
-        &self,
-        location: &'static Location<'static>,
-        waiting_since: Option<Ticks>,
-        error: &PoolError<M::Error>,
-    ) {
-        let waited = waiting_since.map_or(Duration::ZERO, |since| since.until(Ticks::now()));
-        let span = SpanRef::current().map(SpanRef::info);
-        let failure = AcquireFailure::of(error);
-        self.ledger.record_failure(location, span, waited, failure);
-        #[cfg(feature = "metrics")]
-        {
-            let metrics = &self.ledger.settings.metrics;
-            metrics.on_failure(failure, waited);
-            metrics.set_status(self.pool.status().into());
-        }
-        // In a storm of failures, only a few per second list the holders
-        // (a walk of the ledger); the counts above take every one.
-        let Some(permit) = self.ledger.settings.failed_acquire_events.permit() else {
-            return;
-        };
-        let holders = events::holders(&self.ledger, Ticks::now());
-        let failed = FailedAcquire {
-            site: CallSite::from(location),
-            span,
-            waited,
-            failure,
-            error: AcquireFailure::describe(error),
-            status: self.status().into(),
-            holders: &holders,
-            suppressed: permit.suppressed,
-        };
-        events::acquire_failed(&self.ledger.settings, &failed);
-    }
-
-    /// The pool's state now: deadpool's status, the guards held right now,
-    /// and per-call-site statistics.
+    /// The pool's state now, as plain data: deadpool's status, the guards
+    /// held and acquires waiting right now, and per-call-site and per-span
+    /// statistics over the recent window.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) {
     /// let snapshot = pool.snapshot();
-    /// println!("{} of {} in use", snapshot.status.in_use(), snapshot.status.max_size);
-    /// for site in &snapshot.sites {
-    ///     println!("{}: {} checkouts, p99 hold {:?}", site.site, site.checkouts, site.hold.p99);
-    /// }
+    /// println!("{} held, {} waiting", snapshot.outstanding.len(), snapshot.waiters.len());
     /// # }
     /// ```
     pub fn snapshot(&self) -> PoolSnapshot {
-        self.ledger.snapshot(self.status().into())
+        self.shared.snapshot()
     }
 
-    /// Refreshes the pool's gauges (`db.client.connection.count`, `.max`,
-    /// `.pending_requests`) from deadpool's status. Gauges also refresh at
-    /// every checkout and return; call this before rendering a scrape so
-    /// waiters that have not been served yet are counted.
+    /// Refreshes the gauges (`db.client.connection.count`, `.max`,
+    /// `.pending_requests`) from deadpool's status. They also refresh at
+    /// every sampler tick (each second by default), not per checkout:
+    /// reading deadpool's status takes its slot lock. Call this before
+    /// rendering a scrape for values of this instant.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # fn demo(pool: poolwatch::postgres::Pool, prometheus: metrics_exporter_prometheus::PrometheusHandle) {
     /// pool.record_metrics();
     /// let body = prometheus.render();
@@ -266,18 +216,19 @@ impl<M: Manager> WatchedPool<M> {
     /// ```
     #[cfg(feature = "metrics")]
     pub fn record_metrics(&self) {
-        self.ledger
-            .settings
+        self.shared
+            .observer
             .metrics
             .set_status(self.pool.status().into());
     }
 
-    /// The diagnosis: pressure timeline, call sites and spans ranked by
-    /// connection time, flagged guards, and a verdict with its evidence
-    /// (leak, long hold, concurrency growth, healthy). See [`crate::report`]
-    /// for the rules.
+    /// The diagnosis: what is wrong now (leak, cleanup path, long hold,
+    /// concurrency growth, or healthy), naming the culprit first and those
+    /// affected after, with past saturation episodes and their own
+    /// verdicts. See [`crate::report`] for the rules.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # async fn demo(pool: poolwatch::postgres::Pool) {
     /// let report = pool.report();
     /// println!("{report}");
@@ -287,7 +238,31 @@ impl<M: Manager> WatchedPool<M> {
     /// # }
     /// ```
     pub fn report(&self) -> Report {
-        self.ledger.report(self.status().into())
+        self.shared.report()
+    }
+
+    /// [`report`](Self::report), after asking the database server what the
+    /// holders' backends are doing and who blocks whom (waiting at most a
+    /// second for the answer), for a debug endpoint or an incident
+    /// command. `report` itself uses the latest answer, which the sampler
+    /// keeps current (once a tick) only while the pool is under pressure.
+    /// On a ready-made pool ([`WatchedPool::new`]) or with
+    /// [`WatchConfig::server_view`](crate::WatchConfig::server_view) off,
+    /// the same as `report`.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # async fn demo(pool: poolwatch::postgres::Pool) {
+    /// let report = pool.diagnose().await;
+    /// for holder in &report.holders {
+    ///     if let Some(server) = &holder.server {
+    ///         println!("guard {} at {}: {}", holder.guard, holder.site, server.doing);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn diagnose(&self) -> Report {
+        self.shared.report_asking(Duration::from_secs(1)).await
     }
 
     /// Guards of this pool held right now, as the ledger counts them.
@@ -295,42 +270,48 @@ impl<M: Manager> WatchedPool<M> {
     /// Equals deadpool's in-use count except for connections checked out
     /// around the wrapper or detached/untracked through it.
     pub fn outstanding_count(&self) -> usize {
-        self.ledger.outstanding_count()
+        self.shared.ledger.outstanding_count()
     }
 
     /// The pool's name in events and reports.
     pub fn pool_name(&self) -> &str {
-        &self.ledger.settings.pool_name
+        &self.shared.observer.pool
     }
 
     /// The current hold threshold.
     pub fn hold_threshold(&self) -> Duration {
-        self.ledger.settings.hold_threshold()
+        self.shared.observer.thresholds.hold()
     }
 
     /// Changes the hold threshold at runtime; applies to holds that end
     /// from now on and, with `leak-report`, to the watchdog's next scan.
+    /// Refused below the builder's minimum (1 ms), with an error naming
+    /// the setting.
     ///
     /// ```no_run
-    /// # fn demo(pool: poolwatch::postgres::Pool) {
-    /// pool.set_hold_threshold(std::time::Duration::from_millis(500));
-    /// # }
+    /// # #[cfg(feature = "postgres")]
+    /// # fn demo(pool: poolwatch::postgres::Pool) -> Result<(), poolwatch::ConfigError> {
+    /// pool.set_hold_threshold(std::time::Duration::from_millis(500))?;
+    /// # Ok(()) }
     /// ```
-    pub fn set_hold_threshold(&self, threshold: Duration) {
-        self.ledger.settings.set_hold_threshold(threshold);
+    pub fn set_hold_threshold(&self, threshold: Duration) -> Result<(), ConfigError> {
+        config::check_threshold("hold_threshold", threshold)?;
+        self.shared.observer.thresholds.set_hold(threshold);
         #[cfg(feature = "leak-report")]
         crate::watchdog::wake();
+        Ok(())
     }
 
     /// Which checkouts capture a stack (only with `leak-report`).
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # fn demo(pool: poolwatch::postgres::Pool) {
     /// println!("stacks: {}", pool.stack_mode()); // e.g. "sample:100"
     /// # }
     /// ```
     pub fn stack_mode(&self) -> StackMode {
-        self.ledger.settings.stack_mode()
+        self.shared.stacks.get()
     }
 
     /// Changes which checkouts capture a stack, from the next checkout on.
@@ -338,23 +319,34 @@ impl<M: Manager> WatchedPool<M> {
     /// only changes what [`stack_mode`](Self::stack_mode) returns.
     ///
     /// ```no_run
+    /// # #[cfg(feature = "postgres")]
     /// # fn demo(pool: poolwatch::postgres::Pool) {
     /// use poolwatch::StackMode;
     /// pool.set_stack_mode(StackMode::Sample(100)); // 1 in 100 per call site
     /// # }
     /// ```
     pub fn set_stack_mode(&self, mode: StackMode) {
-        self.ledger.settings.set_stack_mode(mode);
+        self.shared.stacks.set(mode);
     }
 
     /// The current slow-acquire threshold.
     pub fn slow_acquire(&self) -> Duration {
-        self.ledger.settings.slow_acquire()
+        self.shared.observer.thresholds.slow_acquire()
     }
 
-    /// Changes the slow-acquire threshold at runtime.
-    pub fn set_slow_acquire(&self, threshold: Duration) {
-        self.ledger.settings.set_slow_acquire(threshold);
+    /// Changes the slow-acquire threshold at runtime. Refused below the
+    /// builder's minimum (1 ms), with an error naming the setting.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # fn demo(pool: poolwatch::postgres::Pool) -> Result<(), poolwatch::ConfigError> {
+    /// pool.set_slow_acquire(std::time::Duration::from_millis(250))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_slow_acquire(&self, threshold: Duration) -> Result<(), ConfigError> {
+        config::check_threshold("slow_acquire", threshold)?;
+        self.shared.observer.thresholds.set_slow_acquire(threshold);
+        Ok(())
     }
 
     /// deadpool's [`Pool::status`].
@@ -375,7 +367,7 @@ impl<M: Manager> WatchedPool<M> {
         self.pool.close();
         #[cfg(feature = "leak-report")]
         self.watch
-            .report_never_returned(crate::events::Ending::Closed);
+            .report_never_returned(crate::watchdog::Ending::Closed);
     }
 
     /// deadpool's [`Pool::is_closed`].

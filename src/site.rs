@@ -110,8 +110,8 @@ impl fmt::Display for SpanInfo {
 /// the ledger keeps it per outstanding guard.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SpanRef {
-    id: std::num::NonZeroU64,
-    metadata: &'static tracing::Metadata<'static>,
+    pub(crate) id: std::num::NonZeroU64,
+    pub(crate) metadata: &'static tracing::Metadata<'static>,
 }
 
 impl SpanRef {

@@ -5,14 +5,19 @@ use std::time::Duration;
 use crate::outcome::{FailureCounts, OutcomeCounts};
 use crate::site::{CallSite, SpanInfo};
 
-/// A pool's state at one moment: deadpool's status, the guards held right
-/// now, and the statistics of every call site.
+/// A pool's state at one moment: deadpool's status, the guards held and
+/// the acquires waiting right now, and the statistics of every call site
+/// over the recent window.
 ///
 /// ```no_run
+/// # #[cfg(feature = "postgres")]
 /// # async fn demo(pool: poolwatch::postgres::Pool) {
 /// let snapshot = pool.snapshot();
 /// for guard in &snapshot.outstanding {
 ///     println!("{} held for {:?} by {}", guard.id, guard.held, guard.site);
+/// }
+/// for waiter in &snapshot.waiters {
+///     println!("{} waiting for {:?}", waiter.site, waiter.waited);
 /// }
 /// # }
 /// ```
@@ -24,13 +29,26 @@ pub struct PoolSnapshot {
     pub pool: String,
     /// deadpool's own view of the pool.
     pub status: PoolStatus,
+    /// How far back the statistics reach: between half the configured
+    /// window ([`WatchConfig::window`](crate::WatchConfig::window)) and
+    /// all of it.
+    pub window: Duration,
     /// Guards held right now, longest held first.
     pub outstanding: Vec<OutstandingGuard>,
+    /// Acquires waiting for a connection right now, longest waiting first.
+    pub waiters: Vec<WaitingAcquire>,
     /// Statistics per call site, most connection time held first.
     pub sites: Vec<SiteSnapshot>,
     /// Statistics per tracing span name (request handler, job), most
     /// connection time held first.
     pub spans: Vec<SpanSnapshot>,
+    /// Whether any checkout in the window was made inside a span the
+    /// tracing subscriber tracks. `false` with spans in the code usually
+    /// means the subscriber's filter disables them (e.g.
+    /// `RUST_LOG=poolwatch=info` disables the application's own spans).
+    pub spans_visible: bool,
+    /// Totals since the pool was wrapped.
+    pub lifetime: LifetimeTotals,
 }
 
 /// deadpool's [`Status`](deadpool::Status), as plain data.
@@ -73,6 +91,36 @@ impl From<deadpool::Status> for PoolStatus {
     }
 }
 
+/// What the holder of a connection is doing with it right now, as
+/// observed on the connection (pools poolwatch builds).
+///
+/// ```
+/// assert_eq!(poolwatch::HolderState::IdleInTransaction.as_str(), "idle in transaction");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum HolderState {
+    /// A database call is in flight.
+    InCall,
+    /// Inside a transaction, with no call in flight (locks held, snapshot
+    /// pinned, while the code does something else).
+    IdleInTransaction,
+    /// Neither: the connection is held across other work.
+    Idle,
+}
+
+impl HolderState {
+    /// `in a database call`, `idle in transaction`, `idle`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HolderState::InCall => "in a database call",
+            HolderState::IdleInTransaction => "idle in transaction",
+            HolderState::Idle => "idle",
+        }
+    }
+}
+
 /// A guard that is held right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -86,19 +134,38 @@ pub struct OutstandingGuard {
     pub span: Option<SpanInfo>,
     /// How long it has been held so far.
     pub held: Duration,
-    /// Of that, time spent in instrumented database calls so far.
+    /// Of that, time spent in database calls so far (observed
+    /// connections; zero otherwise).
     pub busy: Duration,
+    /// What the holder is doing right now, when the connection is observed.
+    pub state: Option<HolderState>,
     /// The server process behind the connection (`pg_stat_activity.pid`),
     /// when known.
     pub backend_pid: Option<i32>,
-    /// The text of the last statement sent through the guard (bounded,
-    /// never parameter values), when known.
+    /// The last statement sent in this hold (sanitized, bounded, never
+    /// parameter values), when known and statement text is on.
     pub last_statement: Option<String>,
-    /// Inside a transaction, as far as the instrumented calls saw.
+    /// Inside a transaction right now (observed connections).
     pub in_transaction: bool,
 }
 
-/// Statistics of one call site since the pool was wrapped.
+/// An acquire waiting for a connection right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct WaitingAcquire {
+    /// Where it was requested.
+    pub site: CallSite,
+    /// The span it was requested in.
+    pub span: Option<SpanInfo>,
+    /// How long it has waited so far.
+    pub waited: Duration,
+    /// Its task already holds a guard of the same pool: a nested checkout,
+    /// which deadlocks once every connection is held this way.
+    pub nested: bool,
+}
+
+/// Statistics of one call site over the recent window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -107,21 +174,27 @@ pub struct SiteSnapshot {
     pub site: CallSite,
     /// Successful acquires.
     pub checkouts: u64,
-    /// Of those, held right now.
+    /// Held right now.
     pub outstanding: u64,
-    /// Wait times of all acquires, successful or failed.
+    /// Wait times of all acquires, successful, failed or cancelled.
     pub wait: LatencySummary,
     /// Hold times of ended holds.
     pub hold: LatencySummary,
     /// Connection time held by ended holds, added up.
     pub hold_total: Duration,
+    /// Connection time held in the window, holds still in progress
+    /// included.
+    pub connection_time: Duration,
     /// How the ended holds ended.
     pub outcomes: OutcomeCounts,
     /// Failed acquires, by kind.
     pub failures: FailureCounts,
-    /// What the holds did in the database (busy time, transactions, error
-    /// paths); all zero unless the pool is a [`postgres`](crate::postgres)
-    /// pool used through its instrumented methods.
+    /// Acquires given up by their caller while waiting (the future was
+    /// dropped: a request timeout, `select!`).
+    pub cancelled: u64,
+    /// What the holds did in the database; all zero unless the pool's
+    /// connections are observed (pools built by
+    /// [`postgres`](crate::postgres)).
     pub database: DatabaseStats,
 }
 
@@ -140,26 +213,33 @@ pub struct SiteSnapshot {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct DatabaseStats {
-    /// Time with at least one instrumented database call in flight, added
-    /// up over the ended holds.
-    pub busy_total: std::time::Duration,
-    /// Transactions committed.
+    /// Ended holds whose connection was observed.
+    pub observed_holds: u64,
+    /// Time with at least one database call in flight, added up over the
+    /// ended holds.
+    pub busy_total: Duration,
+    /// Time inside a transaction with no call in flight, over the ended
+    /// holds.
+    pub idle_in_transaction_total: Duration,
+    /// Statements sent, over the ended holds.
+    pub statements: u64,
+    /// Watched transactions committed.
     pub committed: u64,
-    /// Transactions rolled back explicitly.
+    /// Watched transactions rolled back explicitly.
     pub rolled_back: u64,
-    /// Transactions (or savepoints) dropped without commit or rollback:
-    /// rolled back by `Drop`, usually on a `?` early return.
+    /// Watched transactions (or savepoints) dropped without commit or
+    /// rollback: rolled back by `Drop`, usually on a `?` early return.
     pub rolled_back_by_drop: u64,
-    /// Time inside instrumented transactions (outermost level).
-    pub transaction_total: std::time::Duration,
+    /// Time inside watched transactions (outermost level).
+    pub transaction_total: Duration,
     /// Of that, time with no call in flight: the transaction was open and
     /// idle (locks held, snapshot pinned) while the code did other work.
-    pub transaction_idle_total: std::time::Duration,
+    pub transaction_idle_total: Duration,
     /// Holds that ended with a transaction still open (raw `BEGIN`, a
-    /// leaked transaction), as the guard saw it or the recycle probe found.
+    /// leaked transaction).
     pub open_transaction_at_return: u64,
-    /// Holds that ended with a database call in flight or abandoned mid-way
-    /// (its future dropped by a timeout or `select!`).
+    /// Holds that ended with a database call still in flight (its future
+    /// dropped by a timeout or `select!`).
     pub in_flight_at_drop: u64,
 }
 
@@ -168,17 +248,6 @@ impl DatabaseStats {
     /// call in flight at drop.
     pub fn error_paths(&self) -> u64 {
         self.rolled_back_by_drop + self.open_transaction_at_return + self.in_flight_at_drop
-    }
-
-    pub(crate) fn merge(&mut self, other: &DatabaseStats) {
-        self.busy_total += other.busy_total;
-        self.committed += other.committed;
-        self.rolled_back += other.rolled_back;
-        self.rolled_back_by_drop += other.rolled_back_by_drop;
-        self.transaction_total += other.transaction_total;
-        self.transaction_idle_total += other.transaction_idle_total;
-        self.open_transaction_at_return += other.open_transaction_at_return;
-        self.in_flight_at_drop += other.in_flight_at_drop;
     }
 }
 
@@ -200,6 +269,8 @@ pub struct SpanSnapshot {
     pub hold: LatencySummary,
     /// Connection time held by ended holds, added up.
     pub hold_total: Duration,
+    /// Connection time held in the window, holds in progress included.
+    pub connection_time: Duration,
     /// How the ended holds ended.
     pub outcomes: OutcomeCounts,
     /// What the holds did in the database.
@@ -226,4 +297,31 @@ pub struct LatencySummary {
     pub p99: Duration,
     /// Largest.
     pub max: Duration,
+}
+
+/// Totals since the pool was wrapped (the window's statistics age out,
+/// these do not).
+///
+/// ```
+/// assert_eq!(poolwatch::LifetimeTotals::default().checkouts, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LifetimeTotals {
+    /// Successful acquires.
+    pub checkouts: u64,
+    /// Holds that ended.
+    pub holds: u64,
+    /// Their connection time, added up.
+    pub hold_total: Duration,
+    /// Failed acquires, by kind.
+    pub failures: FailureCounts,
+    /// Acquires cancelled by their caller while waiting.
+    pub cancelled: u64,
+    /// How the holds ended.
+    pub outcomes: OutcomeCounts,
+    /// Holds that ended on an error path (dropped while panicking, rolled
+    /// back by drop, open transaction or call in flight at return).
+    pub error_paths: u64,
 }

@@ -120,38 +120,56 @@ fn is_internal(name: &str) -> bool {
 }
 
 /// Symbolises a stack and renders the user's frames, innermost first, one
-/// per line (`name at file:line`), then how many frames were trimmed.
+/// per line (`name at file:line`; a frame with inlined calls gives one
+/// line per call), then what was left out. The footer counts frames:
+/// shown + trimmed + not shown = captured.
 pub(crate) fn render(stack: &[usize]) -> String {
     let mut out = String::new();
-    let mut shown = 0;
-    let mut trimmed = 0;
+    let (mut shown, mut trimmed, mut not_shown) = (0usize, 0usize, 0usize);
+    let mut lines = Vec::new();
     for &ip in stack {
-        let mut resolved = false;
+        lines.clear();
         backtrace::resolve(ip as *mut c_void, |symbol| {
-            resolved = true;
-            let name = symbol.name().map(|n| format!("{n:#}"));
-            match name {
-                Some(name) if !is_internal(&name) && shown < MAX_SHOWN => {
-                    shown += 1;
-                    let _ = write!(out, "{name}");
-                    if let (Some(file), Some(line)) = (symbol.filename(), symbol.lineno()) {
-                        let _ = write!(out, " at {}:{line}", file.display());
-                    }
-                    out.push('\n');
-                }
-                _ => trimmed += 1,
+            let Some(name) = symbol.name().map(|n| format!("{n:#}")) else {
+                return;
+            };
+            if is_internal(&name) {
+                return;
             }
+            let mut line = name;
+            if let (Some(file), Some(lineno)) = (symbol.filename(), symbol.lineno()) {
+                let _ = write!(line, " at {}:{lineno}", file.display());
+            }
+            lines.push(line);
         });
-        if !resolved {
-            trimmed += 1;
+        if lines.is_empty() {
+            trimmed += 1; // poolwatch's, the runtime's, std's, or unknown
+        } else if shown >= MAX_SHOWN {
+            not_shown += 1;
+        } else {
+            shown += 1;
+            for line in &lines {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
     }
     let _ = write!(
         out,
-        "({trimmed} poolwatch/runtime/std frames trimmed, {} captured)",
-        stack.len()
+        "({shown} frames shown, {trimmed} poolwatch/runtime/std frames trimmed"
     );
+    if not_shown > 0 {
+        let _ = write!(out, ", {not_shown} more not shown");
+    }
+    let _ = write!(out, "; {} captured)", stack.len());
     out
+}
+
+/// Symbolises one address of poolwatch's own, so the process's debug info
+/// is loaded (the first symbolisation's 25–100 ms) before a report needs
+/// it.
+pub(crate) fn warm_up() {
+    backtrace::resolve(warm_up as *mut c_void, |_| {});
 }
 
 /// [`render`] for an optional stack.

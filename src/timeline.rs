@@ -1,38 +1,45 @@
-//! The pool pressure timeline: active, idle and waiting connections and the
-//! checkout rate, sampled at a fixed tick into a bounded ring buffer.
-
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
-
-use crate::snapshot::PoolStatus;
+//! The pressure timeline's public sample type: one per sampler tick.
 
 /// One tick of the pressure timeline.
 ///
 /// ```
 /// let sample = poolwatch::PressureSample::default();
 /// assert_eq!(sample.in_use, 0);
+/// assert_eq!(sample.mean_in_use(), 0.0);
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct PressureSample {
-    /// Milliseconds since the pool was wrapped.
+    /// Milliseconds since the pool was wrapped, at the tick's end.
     pub offset_ms: u64,
-    /// Connections handed out.
+    /// Connections handed out at the tick's end.
     pub in_use: usize,
-    /// Connections open and idle.
+    /// Connections open and idle at the tick's end.
     pub idle: usize,
-    /// Callers waiting for a connection.
+    /// Callers waiting at the tick's end.
     pub waiting: usize,
+    /// Most callers waiting at once during the tick (tracked on the
+    /// acquire path, not sampled).
+    pub peak_waiting: usize,
     /// The pool's maximum size.
     pub max_size: usize,
-    /// Successful checkouts since the previous sample.
+    /// Successful checkouts during the tick.
     pub checkouts: u64,
-    /// Milliseconds since the previous sample (the tick, give or take
-    /// scheduling).
+    /// The tick's length in milliseconds.
     pub interval_ms: u64,
+    /// Connection time held during the tick, in milliseconds (holds in
+    /// progress included): divided by `interval_ms`, the mean number of
+    /// connections in use.
+    pub connection_ms: f64,
+    /// Of that, in a database call.
+    pub busy_ms: f64,
+    /// Of that, idle inside a transaction.
+    pub idle_in_transaction_ms: f64,
+    /// Time callers spent waiting during the tick, in milliseconds.
+    pub waited_ms: f64,
+    /// Callers waited, or every connection was in use.
+    pub saturated: bool,
 }
 
 impl PressureSample {
@@ -43,106 +50,22 @@ impl PressureSample {
         }
         self.checkouts as f64 * 1000.0 / self.interval_ms as f64
     }
-}
 
-/// The ring buffer of one pool's samples.
-pub(crate) struct Timeline {
-    pub(crate) tick: Duration,
-    capacity: usize,
-    started: Instant,
-    state: Mutex<TimelineState>,
-}
-
-struct TimelineState {
-    samples: VecDeque<PressureSample>,
-    last_at: Instant,
-    last_checkouts: u64,
-}
-
-impl Timeline {
-    /// Keeps `window / tick` samples (at least 2).
-    pub(crate) fn new(tick: Duration, window: Duration, now: Instant) -> Self {
-        let capacity = (window.as_nanos() / tick.as_nanos().max(1)).clamp(2, 1 << 20) as usize;
-        Self {
-            tick,
-            capacity,
-            started: now,
-            state: Mutex::new(TimelineState {
-                samples: VecDeque::with_capacity(capacity.min(1024)),
-                last_at: now,
-                last_checkouts: 0,
-            }),
+    /// Mean connections in use during the tick (connection time ÷ tick).
+    pub fn mean_in_use(&self) -> f64 {
+        if self.interval_ms == 0 {
+            return 0.0;
         }
+        self.connection_ms / self.interval_ms as f64
     }
 
-    /// Whether a tick has passed since the last sample.
-    pub(crate) fn due(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.state.lock().last_at) >= self.tick
-    }
-
-    /// Records one sample; `total_checkouts` is the pool's running count.
-    pub(crate) fn record(&self, now: Instant, status: PoolStatus, total_checkouts: u64) {
-        let mut state = self.state.lock();
-        let interval = now.saturating_duration_since(state.last_at);
-        let sample = PressureSample {
-            offset_ms: now.saturating_duration_since(self.started).as_millis() as u64,
-            in_use: status.in_use(),
-            idle: status.available,
-            waiting: status.waiting,
-            max_size: status.max_size,
-            checkouts: total_checkouts.saturating_sub(state.last_checkouts),
-            interval_ms: interval.as_millis() as u64,
-        };
-        state.last_at = now;
-        state.last_checkouts = total_checkouts;
-        if state.samples.len() == self.capacity {
-            state.samples.pop_front();
+    /// The load offered during the tick, in connections (Little's law from
+    /// measured time): connections in use on average plus callers waiting
+    /// on average.
+    pub fn offered_load(&self) -> f64 {
+        if self.interval_ms == 0 {
+            return 0.0;
         }
-        state.samples.push_back(sample);
-    }
-
-    /// The samples, oldest first.
-    pub(crate) fn samples(&self) -> Vec<PressureSample> {
-        self.state.lock().samples.iter().copied().collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(in_use: usize, idle: usize, waiting: usize) -> PoolStatus {
-        PoolStatus {
-            max_size: 4,
-            size: in_use + idle,
-            available: idle,
-            waiting,
-        }
-    }
-
-    #[test]
-    fn keeps_the_last_window_of_samples() {
-        let start = Instant::now();
-        let timeline = Timeline::new(Duration::from_secs(1), Duration::from_secs(3), start);
-        for i in 1..=5u64 {
-            let now = start + Duration::from_secs(i);
-            assert!(timeline.due(now));
-            timeline.record(now, status(i as usize % 4, 1, 0), i * 10);
-        }
-        let samples = timeline.samples();
-        assert_eq!(samples.len(), 3);
-        assert_eq!(samples[0].offset_ms, 3000);
-        assert_eq!(samples[2].offset_ms, 5000);
-        assert_eq!(samples[2].checkouts, 10);
-        assert_eq!(samples[2].interval_ms, 1000);
-        assert_eq!(samples[2].checkout_rate(), 10.0);
-    }
-
-    #[test]
-    fn not_due_before_a_tick() {
-        let start = Instant::now();
-        let timeline = Timeline::new(Duration::from_secs(1), Duration::from_secs(60), start);
-        assert!(!timeline.due(start + Duration::from_millis(500)));
-        assert!(timeline.due(start + Duration::from_millis(1000)));
+        (self.connection_ms + self.waited_ms) / self.interval_ms as f64
     }
 }

@@ -1,92 +1,57 @@
-//! The watchdog (`leak-report`): one background thread per process, serving
-//! every watched pool, that flags guards while they are still held.
+//! The watchdog (`leak-report`): guards flagged while they are still held.
 //!
-//! Pools register a [`Weak`] reference; the thread starts with the first
-//! registration and exits once every registered pool is gone. Each round it
-//! scans every pool's ledger (one pass per shard under that shard's lock),
-//! emits its events with no lock held, then sleeps for an interval derived
-//! from the smallest hold threshold, or until woken by a new pool, a
-//! threshold change or a pool going away.
+//! Two threads serve every watched pool. The scanner (`poolwatch-scan`,
+//! in the background [`Registry`]) marks overdue guards in short shard-lock
+//! holds and copies a bounded number of them out; the reporter
+//! (`poolwatch-watchdog`) symbolises their stacks, confirms each guard is
+//! still held and not yet reported at that level, and emits at once. So
+//! neither symbolisation (whose first call loads debug info, 25–100 ms)
+//! nor a slow subscriber ever delays a scan; every event shows the hold
+//! at emission; levels come in order (one queue); and a flag is never
+//! reported after its guard's return (the confirmation runs under the
+//! guard's shard lock).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::Mutex;
 
-use crate::ledger::Ticks;
+use crate::background::{Background, Registry};
+use crate::ledger::{Overdue, Ticks};
+use crate::ratelimit::Family;
+use crate::shared::Shared;
 
-/// What the watchdog needs of one pool.
-pub(crate) trait Watched: Send + Sync {
-    /// The pool's hold threshold now.
-    fn hold_threshold(&self) -> Duration;
-    /// Flags and reports the guards held past the threshold as of `now`.
-    fn scan(&self, now: Ticks);
-}
+/// The scanner thread's name.
+pub(crate) const SCANNER_NAME: &str = "poolwatch-scan";
+/// The reporter thread's name: the watchdog's events come from it.
+pub(crate) const REPORTER_NAME: &str = "poolwatch-watchdog";
 
-struct Registry {
-    pools: Vec<Weak<dyn Watched>>,
-    /// A thread is running (or about to) for these pools.
-    running: bool,
-    /// Something changed since the thread last looked.
-    woken: bool,
-}
-
-static REGISTRY: Mutex<Registry> = parking_lot::const_mutex(Registry {
-    pools: Vec::new(),
-    running: false,
-    woken: false,
-});
-static WAKE: Condvar = Condvar::new();
-
-/// The watchdog's name, as threads are listed by the OS and debuggers.
-pub(crate) const THREAD_NAME: &str = "poolwatch-watchdog";
+static SCANNER: Registry = Registry::new(SCANNER_NAME);
 
 /// Scans no more often than this, however small the threshold.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Scans at least this often, so a lowered threshold applies promptly.
 const MAX_INTERVAL: Duration = Duration::from_secs(1);
+/// Slab keys scanned per shard-lock hold: a hold stays in the tens of
+/// microseconds even when every guard is overdue.
+const KEYS_PER_LOCK: usize = 1024;
+/// Guards copied out for reporting per scan and pool; the rest are marked
+/// and counted (the sampler's summary reports them).
+const REPORTS_PER_SCAN: usize = 32;
+/// Reports queued for the reporter at most (memory stays bounded).
+const QUEUE: usize = 256;
 
-/// A quarter of the smallest hold threshold: a guard is flagged at most
-/// 25 % past it.
-fn interval(thresholds: impl Iterator<Item = Duration>) -> Duration {
-    let smallest = thresholds.min().unwrap_or(MAX_INTERVAL);
-    (smallest / 4).clamp(MIN_INTERVAL, MAX_INTERVAL)
+/// A quarter of the hold threshold: a guard is flagged at most 25 % past
+/// it.
+fn interval(threshold: Duration) -> Duration {
+    (threshold / 4).clamp(MIN_INTERVAL, MAX_INTERVAL)
 }
 
-/// Watches a pool until its last strong reference goes away; starts the
-/// thread if none runs.
-pub(crate) fn register(pool: Weak<dyn Watched>) {
-    let mut registry = REGISTRY.lock();
-    registry.pools.push(pool);
-    registry.woken = true;
-    WAKE.notify_one();
-    if registry.running {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name(THREAD_NAME.to_owned())
-        .spawn(run);
-    match spawned {
-        Ok(_) => registry.running = true,
-        Err(error) => {
-            drop(registry);
-            crate::events::watchdog_unavailable(&error);
-        }
-    }
-}
-
-/// Makes the thread look again now: a threshold changed or a pool went
-/// away.
-pub(crate) fn wake() {
-    let mut registry = REGISTRY.lock();
-    registry.woken = true;
-    WAKE.notify_one();
-}
-
-/// Whether poolwatch's watchdog thread is running.
+/// Whether poolwatch's watchdog is running.
 ///
-/// With the `leak-report` feature the thread starts with the first
+/// With the `leak-report` feature the watchdog starts with the first
 /// [`WatchedPool`](crate::WatchedPool) and stops soon after the last one
 /// (every clone) is dropped. Without the feature there is no watchdog and
 /// this is always `false`.
@@ -96,33 +61,213 @@ pub(crate) fn wake() {
 /// assert!(!poolwatch::watchdog_running());
 /// ```
 pub fn watchdog_running() -> bool {
-    REGISTRY.lock().running
+    SCANNER.running()
 }
 
-fn run() {
-    let mut registry = REGISTRY.lock();
+/// Makes the scanner look again now: a threshold changed or a pool went
+/// away.
+pub(crate) fn wake() {
+    SCANNER.wake();
+}
+
+/// A flag on its way to the reporter.
+struct Report {
+    pool: Weak<Shared>,
+    shard: usize,
+    overdue: Overdue,
+}
+
+struct Reporter {
+    sender: Option<SyncSender<Report>>,
+}
+
+static REPORTER: Mutex<Reporter> = parking_lot::const_mutex(Reporter { sender: None });
+
+/// Starts the reporter if it is not running.
+fn ensure_reporter(shared: &Shared) {
+    let mut reporter = REPORTER.lock();
+    if reporter.sender.is_some() {
+        return;
+    }
+    let (sender, receiver) = mpsc::sync_channel(QUEUE);
+    match std::thread::Builder::new()
+        .name(REPORTER_NAME.to_owned())
+        .spawn(move || report(receiver))
+    {
+        Ok(_) => reporter.sender = Some(sender),
+        Err(error) => shared.observer.watchdog_unavailable(&error),
+    }
+}
+
+fn send(report: Report) -> bool {
+    let reporter = REPORTER.lock();
+    let Some(sender) = &reporter.sender else {
+        return false;
+    };
+    match sender.try_send(report) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+    }
+}
+
+/// The reporter's loop: exits once the scanner has stopped and nothing is
+/// queued.
+fn report(receiver: Receiver<Report>) {
+    // Load the debug info now, ahead of the first flag, on this thread.
+    crate::stack::warm_up();
     loop {
-        registry.pools.retain(|pool| pool.strong_count() > 0);
-        let pools: Vec<Arc<dyn Watched>> =
-            registry.pools.iter().filter_map(Weak::upgrade).collect();
-        if pools.is_empty() {
-            registry.running = false;
+        match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(report) => confirm_and_emit(report),
+            Err(RecvTimeoutError::Timeout) => {
+                let mut reporter = REPORTER.lock();
+                if !SCANNER.running() {
+                    // Anything sent meanwhile is still in the queue.
+                    while let Ok(report) = receiver.try_recv() {
+                        drop(reporter);
+                        confirm_and_emit(report);
+                        reporter = REPORTER.lock();
+                    }
+                    reporter.sender = None;
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn confirm_and_emit(report: Report) {
+    let Some(shared) = report.pool.upgrade() else {
+        return; // the pool is gone; its close reported what was held
+    };
+    // Symbolise before confirming, so the confirmation and the event are
+    // as close together as the formatting allows.
+    let backtrace = crate::stack::render_opt(report.overdue.stack.as_ref());
+    let Some(shard) = shared.ledger.shard(report.shard) else {
+        return;
+    };
+    let now = Ticks::now();
+    let Some((holder, _)) = shard.confirm_flag(&report.overdue, now) else {
+        return; // returned meanwhile, or already reported at this level
+    };
+    shared
+        .observer
+        .still_held(&holder, report.overdue.level, backtrace.as_deref(), now);
+}
+
+/// Why a never-returned report was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// `WatchedPool::close`.
+    Closed,
+    /// The last `WatchedPool` handle was dropped.
+    Dropped,
+}
+
+impl Ending {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Ending::Closed => "closed",
+            Ending::Dropped => "dropped",
+        }
+    }
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Ending::Closed => "the pool was closed",
+            Ending::Dropped => "the last pool handle was dropped",
+        }
+    }
+}
+
+/// One pool as the watchdog sees it. Held only by the
+/// [`WatchedPool`](crate::WatchedPool) handles (guards hold their shard,
+/// not this), so its `Drop` runs when the last handle goes.
+pub(crate) struct PoolWatch {
+    shared: Arc<Shared>,
+    /// The never-returned report was made (at `close`): not again at drop.
+    reported: AtomicBool,
+    last_scan: Mutex<Ticks>,
+}
+
+impl PoolWatch {
+    /// Creates the watch and registers it with the scanner.
+    pub(crate) fn start(shared: Arc<Shared>) -> Arc<Self> {
+        let watch = Arc::new(Self {
+            shared,
+            reported: AtomicBool::new(false),
+            last_scan: Mutex::new(Ticks::ZERO),
+        });
+        let weak: Weak<dyn Background> = Arc::downgrade(&watch) as Weak<dyn Background>;
+        if let Err(error) = SCANNER.register(weak) {
+            watch.shared.observer.watchdog_unavailable(&error);
+        }
+        ensure_reporter(&watch.shared);
+        watch
+    }
+
+    /// Reports every guard still held at ERROR, once per pool.
+    pub(crate) fn report_never_returned(&self, ending: Ending) {
+        if self.reported.swap(true, Ordering::Relaxed) {
             return;
         }
-        registry.woken = false;
-        let interval = interval(pools.iter().map(|pool| pool.hold_threshold()));
-        // Scan and report without the registry lock; dropping `pools` may
-        // run a pool's last `Drop`, which wakes us through that lock.
-        MutexGuard::unlocked(&mut registry, move || {
-            let now = Ticks::now();
-            for pool in &pools {
-                // A bug in a scan must not end the watchdog for every pool.
-                let _ = catch_unwind(AssertUnwindSafe(|| pool.scan(now)));
-            }
-        });
-        if !registry.woken {
-            WAKE.wait_for(&mut registry, interval);
+        let now = Ticks::now();
+        let all = self.shared.ledger.flag_all(now);
+        self.shared
+            .observer
+            .never_returned(&all, ending.as_str(), ending.describe(), now);
+    }
+
+    /// The pool lives on outside poolwatch (`into_inner`): its guards still
+    /// held are not "never returned".
+    pub(crate) fn skip_final_report(&self) {
+        self.reported.store(true, Ordering::Relaxed);
+    }
+
+    fn scan(&self, now: Ticks, threshold: Duration) {
+        let observer = &self.shared.observer;
+        let (flagged, unreported) =
+            self.shared
+                .ledger
+                .flag_overdue(now, threshold, KEYS_PER_LOCK, REPORTS_PER_SCAN);
+        for _ in 0..unreported.first_flags {
+            observer.metrics.flagged();
         }
+        observer.left_out(Family::StillHeld, unreported.total());
+        let pool = Arc::downgrade(&self.shared);
+        for (shard, overdue) in flagged {
+            let sent = send(Report {
+                pool: Weak::clone(&pool),
+                shard,
+                overdue,
+            });
+            if !sent {
+                observer.left_out(Family::StillHeld, 1);
+            }
+        }
+    }
+}
+
+impl Background for PoolWatch {
+    fn round(&self, now: Ticks) -> Duration {
+        let threshold = self.shared.observer.thresholds.hold();
+        let interval = interval(threshold);
+        {
+            let mut last = self.last_scan.lock();
+            let elapsed = last.until(now);
+            if elapsed + interval / 20 < interval {
+                return interval - elapsed;
+            }
+            *last = now;
+        }
+        self.scan(now, threshold);
+        interval
+    }
+}
+
+impl Drop for PoolWatch {
+    fn drop(&mut self) {
+        self.report_never_returned(Ending::Dropped);
+        SCANNER.wake();
     }
 }
 
@@ -131,14 +276,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interval_follows_the_smallest_threshold() {
+    fn interval_follows_the_threshold() {
         let ms = Duration::from_millis;
-        assert_eq!(interval([ms(400), ms(2000)].into_iter()), ms(100));
-        assert_eq!(interval([ms(1)].into_iter()), MIN_INTERVAL);
-        assert_eq!(
-            interval([Duration::from_secs(60)].into_iter()),
-            MAX_INTERVAL
-        );
-        assert_eq!(interval(std::iter::empty()), MAX_INTERVAL / 4);
+        assert_eq!(interval(ms(400)), ms(100));
+        assert_eq!(interval(ms(1)), MIN_INTERVAL);
+        assert_eq!(interval(Duration::from_secs(60)), MAX_INTERVAL);
     }
 }

@@ -1,4 +1,5 @@
 //! A failed acquire is counted and reported with who holds the pool.
+#![cfg(feature = "postgres")]
 mod support;
 
 use std::time::Duration;

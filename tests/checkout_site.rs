@@ -1,5 +1,6 @@
 //! The recorded call site is the caller's line, and the span is the one the
 //! caller was in.
+#![cfg(feature = "postgres")]
 mod support;
 
 use poolwatch::{Guard, WatchConfig, WatchedPool};
@@ -117,4 +118,32 @@ async fn site_statistics_are_capped_with_an_overflow_bucket() {
     assert_eq!(overflow.outstanding, 1);
     assert!(!snapshot.outstanding[0].site.is_overflow());
     drop(third);
+}
+
+/// The README's pattern for services that wrap `pool.get()` in a function
+/// of their own (mapping the error, say): `#[track_caller]` on a plain
+/// `fn` returning the future. Each caller is its own site. (An `async fn`
+/// cannot be `#[track_caller]` on stable Rust.)
+#[track_caller]
+fn get_client(
+    pool: &poolwatch::postgres::Pool,
+) -> impl std::future::Future<Output = Result<poolwatch::postgres::Client, String>> + '_ {
+    let checkout = pool.get(); // the location is taken here: the caller's
+    async move { checkout.await.map_err(|e| format!("no connection: {e}")) }
+}
+
+#[tokio::test]
+async fn a_track_caller_helper_records_its_callers() {
+    let pool = watched(2);
+    let (first, first_line) = (get_client(&pool).await.unwrap(), line!());
+    let (second, second_line) = (get_client(&pool).await.unwrap(), line!());
+    let lines: Vec<u32> = pool
+        .snapshot()
+        .outstanding
+        .iter()
+        .map(|g| g.site.line)
+        .collect();
+    assert!(lines.contains(&first_line), "{lines:?}");
+    assert!(lines.contains(&second_line), "{lines:?}");
+    drop((first, second));
 }

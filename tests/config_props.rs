@@ -186,7 +186,7 @@ proptest! {
             let snapshot = pool.snapshot();
             assert_eq!(snapshot.outstanding.len(), 1);
             drop(guard);
-            pool.set_hold_threshold(hold);
+            pool.set_hold_threshold(hold).unwrap();
             let report = pool.report();
             assert_eq!(report.sites.iter().map(|s| s.checkouts).sum::<u64>(), 1);
             let _ = report.to_string();

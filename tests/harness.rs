@@ -1,4 +1,5 @@
 //! Tests of the throwaway-PostgreSQL harness in `tests/support/pg.rs`.
+#![cfg(feature = "postgres")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! How a hold ends: returned, detached with `take`, untracked with
 //! `into_inner`, dropped while panicking.
+#![cfg(feature = "postgres")]
 mod support;
 
 use poolwatch::{Guard, WatchConfig, WatchedPool};

@@ -317,7 +317,7 @@ async fn threshold_changed_at_runtime_applies_to_the_next_scan() {
     let _guard = pool.get().await.unwrap();
     tokio::time::sleep(ms(300)).await;
     assert!(events("retuned", STILL_HELD).is_empty());
-    pool.set_hold_threshold(ms(100));
+    pool.set_hold_threshold(ms(100)).unwrap();
     let warning = &wait_for("retuned", STILL_HELD, 1).await[0];
     assert_eq!(warning.field_u64("threshold_ms"), 100);
     assert!(warning.field_u64("held_ms") >= 300);

@@ -209,6 +209,7 @@ async fn used_gauge_counts_held_connections() {
     let pool = WatchedPool::new(pg::pool(3), config);
     let a = pool.get().await.unwrap();
     let b = pool.get().await.unwrap();
+    pool.record_metrics();
     let m = metrics_of("metrics-used");
     let used = find(
         &m,
@@ -281,7 +282,7 @@ async fn error_paths_and_busy_time_are_counted() {
         .pool_name("metrics-errors")
         .build()
         .unwrap();
-    let pool = WatchedPool::new(pg::pool(2), config);
+    let pool = support::observed_pool(2, config);
 
     // Busy time: one instrumented query.
     let client = pool.get().await.unwrap();
@@ -319,7 +320,10 @@ async fn error_paths_and_busy_time_are_counted() {
     assert_eq!(kind("dropped_while_panicking"), 1);
     assert_eq!(kind("in_flight_at_drop"), 0);
     let busy = samples(find(&m, export::BUSY_TIME, None));
-    assert_eq!(busy.len(), 2, "two holds made instrumented calls: {busy:?}");
+    // Every hold on an observed connection has a busy time, zero when it
+    // made no call (the one that panicked).
+    assert_eq!(busy.len(), 3, "three observed holds: {busy:?}");
+    assert!(busy.contains(&0.0), "{busy:?}");
     assert!(busy.iter().any(|b| *b >= 0.02), "{busy:?}");
 }
 
@@ -356,4 +360,47 @@ async fn leaks_flagged_returned_and_never_returned_are_counted() {
     let m = metrics_of("metrics-leaks");
     assert_eq!(counter(find(&m, export::RETURNED_AFTER_FLAGGED, None)), 1);
     assert_eq!(counter(find(&m, export::NEVER_RETURNED, None)), 1);
+}
+
+/// The waiters' metrics: the oldest waiter's age while it waits (set by the
+/// sampler), cancelled acquires and nested checkouts counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_cancelled_and_nested_are_measured() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-waiters")
+        .timeline_tick(Some(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let pool = support::observed_pool(1, config);
+    let held = pool.get().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { drop(pool.get().await.unwrap()) })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let m = metrics_of("metrics-waiters");
+    let oldest = gauge(find(&m, export::OLDEST_WAIT, None));
+    assert!(oldest >= 0.2, "oldest wait {oldest}");
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), pool.get()).await;
+        assert!(gave_up.is_err());
+    }
+    drop(held);
+    waiter.await.unwrap();
+    // A task holding the pool's only connection asks for a second one.
+    let nested = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _first = pool.get().await.unwrap();
+            tokio::time::timeout(Duration::from_millis(50), pool.get())
+                .await
+                .is_err()
+        })
+    };
+    assert!(nested.await.unwrap());
+    let m = metrics_of("metrics-waiters");
+    assert_eq!(counter(find(&m, export::ACQUIRES_CANCELLED, None)), 4);
+    assert_eq!(counter(find(&m, export::NESTED_CHECKOUTS, None)), 1);
 }

@@ -1,4 +1,5 @@
 //! `report_every`: the sampler thread emits the report through tracing.
+#![cfg(feature = "postgres")]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,13 +2,14 @@
 //! private cluster of its own (the shared throwaway server must stay up for
 //! the other tests), so it is skipped when `DATABASE_URL` points at an
 //! external server that cannot be restarted from here.
+#![cfg(feature = "postgres")]
 mod support;
 
 use std::time::Duration;
 
 use deadpool::managed::{PoolError, Timeouts};
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
-use poolwatch::postgres::{Options, Pool};
+use deadpool_postgres::{ManagerConfig, RecyclingMethod, Runtime};
+use poolwatch::postgres::Pool;
 use poolwatch::WatchConfig;
 use support::pg;
 use tokio_postgres::NoTls;
@@ -25,20 +26,21 @@ fn cluster_or_skip(test: &str) -> Option<pg::Cluster> {
 }
 
 fn pool_on(cluster: &pg::Cluster, name: &str, size: usize) -> Pool {
-    let manager = Manager::from_config(
+    let config = WatchConfig::builder().pool_name(name).build().unwrap();
+    // Observed connections (backend pid, activity): the observer must
+    // cope with connections that die under it.
+    Pool::builder(
         cluster.config(),
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
-    );
-    let builder = deadpool_postgres::Pool::builder(manager)
-        .max_size(size)
-        .runtime(Runtime::Tokio1);
-    let config = WatchConfig::builder().pool_name(name).build().unwrap();
-    // With the hooks (backend pid, transaction probe): they run on dead
-    // connections too.
-    Pool::from_builder(builder, config, Options::default()).unwrap()
+    )
+    .max_size(size)
+    .runtime(Runtime::Tokio1)
+    .watch(config)
+    .build()
+    .unwrap()
 }
 
 fn wait(ms: u64) -> Timeouts {

@@ -3,6 +3,7 @@
 //! edited: the call sites, the `&client` passed to functions taking
 //! `&deadpool_postgres::Client` / `&tokio_postgres::Client`, the
 //! transaction, `prepare_cached`, `?` on pool errors.
+#![cfg(feature = "postgres")]
 mod support;
 
 mod service {

@@ -1,16 +1,18 @@
-//! The PostgreSQL integration against a real server: busy vs held time,
+//! The PostgreSQL integration against a real server, on pools built the
+//! way the README recommends (connections observed): busy vs held time,
 //! transactions rolled back by drop, transactions left open, calls
-//! abandoned in flight, backend pids.
+//! abandoned in flight, backend pids, statement text; and what a
+//! ready-made pool still sees.
+#![cfg(feature = "postgres")]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+use deadpool_postgres::Runtime;
 use poolwatch::postgres::{Client, OpenTransaction, Options, Pool};
-use poolwatch::{SiteSnapshot, WatchConfig};
+use poolwatch::{HolderState, SiteSnapshot, WatchConfig};
 use support::capture::Capture;
 use support::pg;
-use tokio_postgres::error::SqlState;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -24,24 +26,13 @@ fn watch(name: &str) -> WatchConfig {
         .unwrap()
 }
 
-/// A pool handed over ready-made: no hooks, the guard's own tracking only.
-fn ready_made(name: &str, max_size: usize) -> Pool {
-    Pool::new(pg::pool(max_size), watch(name))
+fn observed(name: &str, max_size: usize) -> Pool {
+    support::observed_pool(max_size, watch(name))
 }
 
-/// A pool built with poolwatch's hooks (pid, open-transaction probe).
-fn hooked(name: &str, max_size: usize, options: Options) -> Pool {
-    let manager = Manager::from_config(
-        pg::pg_config().unwrap(),
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let builder = deadpool_postgres::Pool::builder(manager)
-        .max_size(max_size)
-        .runtime(Runtime::Tokio1);
-    Pool::from_builder(builder, watch(name), options).unwrap()
+/// A pool handed over ready-made: its connections are not observed.
+fn ready_made(name: &str, max_size: usize) -> Pool {
+    Pool::new(pg::pool(max_size), watch(name))
 }
 
 fn site(pool: &Pool, line: u32) -> SiteSnapshot {
@@ -64,27 +55,29 @@ async fn pid_of(client: &Client) -> i32 {
         .get(0)
 }
 
-/// Whether the connection is inside a transaction (the probe's own test).
+/// Whether the connection is inside a transaction, asked of the server.
 async fn in_transaction(client: &Client) -> bool {
-    let pg: &tokio_postgres::Client = client;
-    match pg.batch_execute("SAVEPOINT t").await {
-        Ok(()) => true,
-        Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => true,
-        Err(e) if e.code() == Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION) => false,
-        Err(e) => panic!("probe failed: {e}"),
-    }
+    let rows = client
+        .simple_query("SELECT now() <> statement_timestamp()")
+        .await
+        .unwrap();
+    rows.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+        _ => false,
+    })
 }
 
 #[tokio::test]
 async fn busy_and_idle_time_of_a_hold_with_a_sleep_between_queries() {
     let (capture, _guard) = Capture::install();
-    let pool = ready_made("busy", 1);
+    let pool = observed("busy", 1);
     let (client, line) = (pool.get().await.unwrap(), line!());
     client.execute("SELECT pg_sleep(0.2)", &[]).await.unwrap();
     tokio::time::sleep(ms(300)).await; // unrelated work while holding
     client.query("SELECT pg_sleep(0.2)", &[]).await.unwrap();
     let outstanding = pool.snapshot().outstanding[0].clone();
     assert!(outstanding.busy >= ms(380), "{outstanding:?}");
+    assert_eq!(outstanding.state, Some(HolderState::Idle));
     drop(client);
 
     let stats = site(&pool, line);
@@ -110,12 +103,12 @@ async fn failing_transfer(pool: &Pool) -> Result<(), tokio_postgres::Error> {
     tx.query_one("SELECT 1 / 0", &[]).await?; // fails: `?` returns early
     tx.commit().await
 }
-const FAILING_TRANSACTION_LINE: u32 = 108;
+const FAILING_TRANSACTION_LINE: u32 = 101;
 
 #[tokio::test]
 async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
     let (capture, _guard) = Capture::install();
-    let pool = ready_made("rbd", 1);
+    let pool = observed("rbd", 1);
     {
         let client = pool.get().await.unwrap();
         client
@@ -137,6 +130,8 @@ async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
         site_line(event.field("transaction_site")),
         FAILING_TRANSACTION_LINE
     );
+    // The statement the transaction last ran, sanitized.
+    assert_eq!(event.field("statement"), "SELECT ? / ?", "{event:?}");
 
     let snapshot = pool.snapshot();
     let drops: u64 = snapshot
@@ -178,22 +173,27 @@ async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
     );
     assert!(stats.database.transaction_total >= ms(100), "{stats:?}");
     assert!(stats.database.transaction_idle_total >= ms(90), "{stats:?}");
+    assert!(
+        stats.database.idle_in_transaction_total >= ms(90),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
-async fn raw_begin_left_open_is_detected_and_the_connection_evicted() {
+async fn raw_begin_left_open_is_detected_and_the_next_caller_gets_a_clean_connection() {
     let (capture, _guard) = Capture::install();
-    let pool = ready_made("raw-begin", 1);
+    let pool = observed("raw-begin", 1);
     let (client, line) = (pool.get().await.unwrap(), line!());
     let first_pid = pid_of(&client).await;
     client.batch_execute("BEGIN").await.unwrap();
     client.execute("SELECT 1", &[]).await.unwrap();
     drop(client); // forgot COMMIT
 
-    let warned = capture.matching("open transaction");
+    let warned = capture.matching("returned inside a transaction");
     assert_eq!(warned.len(), 1, "{:?}", capture.events());
     assert_eq!(site_line(warned[0].field("site")), line);
     assert_eq!(warned[0].field("action"), "evicted");
+    assert_eq!(warned[0].field_u64("backend_pid"), first_pid as u64);
     assert_eq!(site(&pool, line).database.open_transaction_at_return, 1);
 
     let client = pool.get().await.unwrap();
@@ -201,76 +201,61 @@ async fn raw_begin_left_open_is_detected_and_the_connection_evicted() {
     assert_ne!(pid_of(&client).await, first_pid);
 }
 
+/// Behind the guard's back: `&tokio_postgres::Client` opens the
+/// transaction; the connection itself says it is still open.
 #[tokio::test]
-async fn the_probe_rolls_back_a_transaction_opened_behind_the_guards_back() {
+async fn a_transaction_opened_behind_the_guards_back_is_seen() {
     let (capture, _guard) = Capture::install();
-    let pool = hooked("probe", 1, Options::default());
+    let pool = observed("behind", 1);
     let (client, line) = (pool.get().await.unwrap(), line!());
-    let first_pid = pid_of(&client).await; // an instrumented call: connection known
-    let raw: &tokio_postgres::Client = &client; // uninstrumented
+    let first_pid = pid_of(&client).await;
+    let raw: &tokio_postgres::Client = &client;
     raw.batch_execute("BEGIN").await.unwrap();
+    assert!(pool.snapshot().outstanding[0].in_transaction);
+    assert_eq!(
+        pool.snapshot().outstanding[0].state,
+        Some(HolderState::IdleInTransaction)
+    );
     drop(client);
-    assert!(capture.matching("open transaction").is_empty());
-
-    // The next caller gets the same backend, rolled back.
-    let client = pool.get().await.unwrap();
-    assert!(!in_transaction(&client).await);
-    assert_eq!(pid_of(&client).await, first_pid);
-    let warned = capture.matching("still inside a transaction");
+    let warned = capture.matching("returned inside a transaction");
     assert_eq!(warned.len(), 1, "{:?}", capture.events());
     assert_eq!(site_line(warned[0].field("site")), line);
-    assert_eq!(warned[0].field("action"), "rolled_back");
-    assert_eq!(warned[0].field_u64("backend_pid"), first_pid as u64);
-    drop(client);
-    assert_eq!(site(&pool, line).database.open_transaction_at_return, 1);
+    let client = pool.get().await.unwrap();
+    assert!(!in_transaction(&client).await);
+    assert_ne!(pid_of(&client).await, first_pid);
 }
 
+/// With `OpenTransaction::Rollback` the connection is kept and rolled
+/// back before its next use (one round trip, only for it).
 #[tokio::test]
-async fn a_leaked_transaction_is_rolled_back_at_the_next_checkout() {
+async fn rollback_policy_keeps_the_connection_and_rolls_it_back() {
     let (capture, _guard) = Capture::install();
-    let pool = hooked("leaked-tx", 1, Options::default());
+    let pool = support::observed_pool_with(
+        1,
+        watch("rollback"),
+        Options::default().on_open_transaction(OpenTransaction::Rollback),
+    );
     let (mut client, line) = (pool.get().await.unwrap(), line!());
     let first_pid = pid_of(&client).await;
     let tx = client.transaction().await.unwrap();
     tx.execute("SELECT 1", &[]).await.unwrap();
     std::mem::forget(tx); // never commits, never rolls back
     drop(client);
-    let warned = capture.matching("returned with an open transaction");
+    let warned = capture.matching("returned inside a transaction");
     assert_eq!(warned.len(), 1, "{:?}", capture.events());
-    assert_eq!(warned[0].field("action"), "rolled_back_at_next_checkout");
+    assert_eq!(warned[0].field("action"), "rolled_back_before_next_use");
     assert!(warned[0].field("transaction_site").starts_with(file!()));
-
-    let client = pool.get().await.unwrap();
-    assert!(!in_transaction(&client).await);
-    assert_eq!(pid_of(&client).await, first_pid);
-    drop(client);
-    // Reported by the guard, so the probe only logs at DEBUG and the site
-    // is counted once.
-    assert!(capture.matching("still inside a transaction").is_empty());
     assert_eq!(site(&pool, line).database.open_transaction_at_return, 1);
-}
 
-#[tokio::test]
-async fn evict_policy_closes_a_connection_left_in_a_transaction() {
-    let pool = hooked(
-        "evict",
-        1,
-        Options::default().on_open_transaction(OpenTransaction::Evict),
-    );
-    let client = pool.get().await.unwrap();
-    let first_pid = pid_of(&client).await;
-    let raw: &tokio_postgres::Client = &client;
-    raw.batch_execute("BEGIN").await.unwrap();
-    drop(client);
     let client = pool.get().await.unwrap();
     assert!(!in_transaction(&client).await);
-    assert_ne!(pid_of(&client).await, first_pid);
+    assert_eq!(pid_of(&client).await, first_pid, "the same connection");
 }
 
 #[tokio::test]
 async fn a_call_abandoned_in_flight_is_flagged_and_the_next_caller_not_blocked() {
     let (capture, _guard) = Capture::install();
-    let pool = ready_made("in-flight", 1);
+    let pool = observed("in-flight", 1);
     let task_pool = pool.clone();
     let line = line!() + 2;
     let cancelled = tokio::time::timeout(ms(200), async {
@@ -286,6 +271,7 @@ async fn a_call_abandoned_in_flight_is_flagged_and_the_next_caller_not_blocked()
     assert_eq!(warned.len(), 1, "{:?}", capture.events());
     assert_eq!(site_line(warned[0].field("site")), line);
     assert_eq!(warned[0].field("action"), "evicted");
+    assert_eq!(warned[0].field("statement"), "SELECT pg_sleep(?)");
     assert_eq!(site(&pool, line).database.in_flight_at_drop, 1);
 
     // The next caller gets a fresh backend, not the one still sleeping.
@@ -359,8 +345,8 @@ async fn backend_pid_matches_pg_stat_activity() {
 }
 
 #[tokio::test]
-async fn the_last_statement_text_is_bounded_and_has_no_parameters() {
-    let pool = ready_made("statement", 1);
+async fn the_last_statement_text_is_sanitized_bounded_and_has_no_parameters() {
+    let pool = observed("statement", 1);
     let client = pool.get().await.unwrap();
     let secret = "hunter2";
     client
@@ -375,19 +361,59 @@ async fn the_last_statement_text_is_bounded_and_has_no_parameters() {
         .clone()
         .unwrap();
     assert_eq!(text, "SELECT $1::text AS secret_param");
-    let long = format!("SELECT 1 AS {}", "x".repeat(300));
+    // Literals never appear, in snapshots or anywhere.
+    client
+        .batch_execute("SELECT 'tx_secret_42' AS token")
+        .await
+        .unwrap();
+    let text = pool.snapshot().outstanding[0]
+        .last_statement
+        .clone()
+        .unwrap();
+    assert_eq!(text, "SELECT ? AS token");
+    let long = format!("SELECT 1 AS {}", "x".repeat(900));
     client.batch_execute(&long).await.unwrap();
     let text = pool.snapshot().outstanding[0]
         .last_statement
         .clone()
         .unwrap();
-    assert!(text.len() < 200 && text.ends_with('…'), "{text}");
+    assert!(text.len() <= 512 && text.ends_with('…'), "{text}");
     assert!(!text.contains(secret));
+}
+
+#[tokio::test]
+async fn statement_text_can_be_turned_off() {
+    let watch = WatchConfig::builder()
+        .pool_name("no-statements")
+        .statements(poolwatch::Statements::Off)
+        .build()
+        .unwrap();
+    let pool = support::observed_pool(1, watch);
+    let client = pool.get().await.unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+    let guard = &pool.snapshot().outstanding[0];
+    assert_eq!(guard.last_statement, None);
+    assert!(guard.busy > Duration::ZERO, "still observed: {guard:?}");
+}
+
+/// A ready-made pool (`Pool::new`): holds, waits, sites and spans are
+/// recorded; database time is not (its connections are not observed).
+#[tokio::test]
+async fn a_ready_made_pool_records_holds_but_not_database_time() {
+    let pool = ready_made("ready-made", 1);
+    let (client, line) = (pool.get().await.unwrap(), line!());
+    client.execute("SELECT pg_sleep(0.05)", &[]).await.unwrap();
+    drop(client);
+    let stats = site(&pool, line);
+    assert_eq!(stats.checkouts, 1);
+    assert!(stats.hold_total >= ms(50), "{stats:?}");
+    assert_eq!(stats.database.observed_holds, 0, "{stats:?}");
+    assert_eq!(stats.database.busy_total, Duration::ZERO);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instrumented_futures_are_send() {
-    let pool = ready_made("send", 2);
+    let pool = observed("send", 2);
     let task = tokio::spawn(async move {
         let mut client = pool.get().await.unwrap();
         let stmt = client.prepare_cached("SELECT 1").await.unwrap();
@@ -400,4 +426,27 @@ async fn instrumented_futures_are_send() {
         pool.snapshot().sites.len()
     });
     assert_eq!(task.await.unwrap(), 1);
+}
+
+/// `query_one(&str)` prepares a statement and, as it returns, drops it:
+/// tokio-postgres then sends `Close`, whose answer can still be on its way
+/// when the guard goes back. That is not a call in flight: no hold ends
+/// on an error path and the connection is reused, not evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_right_after_a_query_is_not_a_call_in_flight() {
+    let pool = observed("statement-close", 1);
+    let first_pid = pid_of(&pool.get().await.unwrap()).await;
+    let mut line = 0;
+    for id in 0..300i64 {
+        let (client, at) = (pool.get().await.unwrap(), line!());
+        line = at;
+        client
+            .query_one("SELECT $1::int8 AS id", &[&id])
+            .await
+            .unwrap();
+    }
+    let database = site(&pool, line).database;
+    assert_eq!(database.in_flight_at_drop, 0, "{database:?}");
+    assert_eq!(database.observed_holds, 300, "{database:?}");
+    assert_eq!(pid_of(&pool.get().await.unwrap()).await, first_pid);
 }

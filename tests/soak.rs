@@ -8,6 +8,7 @@
 //! five seconds. The random choices come from one seed, printed at the
 //! start; `POOLWATCH_SOAK_SEED=<n>` replays the same choices (the timing of
 //! a multi-threaded run still differs).
+#![cfg(feature = "postgres")]
 mod support;
 
 use std::collections::{BTreeSet, HashSet};

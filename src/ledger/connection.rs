@@ -16,6 +16,9 @@
 //! request unanswered; *idle in transaction* is time inside a transaction
 //! with none unanswered.
 
+// The seam a database integration writes; without one nothing does.
+#![cfg_attr(not(feature = "postgres"), allow(dead_code))]
+
 use std::any::Any;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -61,13 +64,22 @@ pub(crate) struct ConnectionActivity {
 
 #[derive(Debug, Default)]
 struct ActivityState {
-    /// The connection ended (closed, failed, or its task went away).
+    /// The connection ended (closed, failed, or its task went away), or
+    /// the integration lost track of it (`observation_lost`).
     closed: bool,
+    /// The integration stopped following the connection's protocol (see
+    /// [`ActivityWriter::lost`]), and why.
+    observation_lost: bool,
+    lost_reason: Option<&'static str>,
+    /// The loss was handed to a reader to report (once per connection).
+    lost_reported: bool,
     backend_pid: Option<i32>,
     /// Requests sent and not answered yet.
     in_flight: u32,
     /// When `in_flight` last went from 0 to 1.
     busy_since: Option<Ticks>,
+    /// When `in_flight` last went back to 0: the last call's end.
+    last_call_ended: Option<Ticks>,
     /// Busy time up to `busy_since` (or up to now, when idle).
     busy: Duration,
     transaction: TransactionState,
@@ -129,6 +141,8 @@ pub(crate) struct ActivityReading {
     pub(crate) backend_pid: Option<i32>,
     pub(crate) closed: bool,
     pub(crate) last_statement: Option<Arc<str>>,
+    /// When the last call (of any hold) ended.
+    pub(crate) last_call_ended: Option<Ticks>,
 }
 
 impl ActivityState {
@@ -157,6 +171,7 @@ impl ActivityState {
             backend_pid: self.backend_pid,
             closed: self.closed,
             last_statement: self.last_statement.clone(),
+            last_call_ended: self.last_call_ended,
         }
     }
 
@@ -201,13 +216,24 @@ impl ActivityWriter<'_> {
     /// The server answered one request and is ready, reporting its
     /// transaction state.
     pub(crate) fn ready(&mut self, now: Ticks, transaction: TransactionState) {
+        self.request_ended(now);
+        self.transaction_reported(now, transaction);
+    }
+
+    /// A request reported as sent will never be answered (PostgreSQL
+    /// ignores a `Sync` that arrives during `COPY FROM STDIN`): it stops
+    /// counting as in flight, as if answered now, and the transaction state
+    /// stays as it was.
+    pub(crate) fn request_withdrawn(&mut self, now: Ticks) {
+        self.request_ended(now);
+        self.state.settle_idle_in_transaction(now);
+    }
+
+    /// The server reported its transaction state without answering a
+    /// request of the connection's user (the "ready" that ends the
+    /// connection's startup).
+    pub(crate) fn transaction_reported(&mut self, now: Ticks, transaction: TransactionState) {
         let state = &mut *self.state;
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if state.in_flight == 0 {
-            if let Some(since) = state.busy_since.take() {
-                state.busy += since.until(now);
-            }
-        }
         match (state.transaction.is_open(), transaction.is_open()) {
             (false, true) => state.transaction_since = Some(now),
             (true, false) => state.transaction_since = None,
@@ -215,6 +241,17 @@ impl ActivityWriter<'_> {
         }
         state.transaction = transaction;
         state.settle_idle_in_transaction(now);
+    }
+
+    fn request_ended(&mut self, now: Ticks) {
+        let state = &mut *self.state;
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.last_call_ended = Some(now);
+            if let Some(since) = state.busy_since.take() {
+                state.busy += since.until(now);
+            }
+        }
     }
 
     /// The server told the connection's backend process id.
@@ -234,6 +271,20 @@ impl ActivityWriter<'_> {
         }
         state.closed = true;
         state.settle_idle_in_transaction(now);
+    }
+
+    /// The integration can no longer follow the connection (its protocol
+    /// went somewhere it cannot read): from here on nothing is reported,
+    /// so the record stops as if closed, with the transaction state
+    /// unknown, and says why through
+    /// [`ConnectionActivity::observation_lost`].
+    pub(crate) fn lost(&mut self, now: Ticks, reason: &'static str) {
+        self.closed(now);
+        let state = &mut *self.state;
+        state.observation_lost = true;
+        state.lost_reason = Some(reason);
+        state.transaction = TransactionState::Unknown;
+        state.transaction_since = None;
     }
 }
 
@@ -287,6 +338,31 @@ impl ConnectionActivity {
         let during = totals.since(state.tick_mark);
         state.tick_mark = totals;
         during
+    }
+
+    /// Why observation was lost, the first time it is asked after the loss
+    /// (so the loss is reported once per connection).
+    pub(crate) fn take_lost_report(&self) -> Option<&'static str> {
+        let mut state = self.state.lock();
+        if state.lost_reported {
+            return None;
+        }
+        let reason = state.lost_reason?;
+        state.lost_reported = true;
+        Some(reason)
+    }
+
+    /// Whether the record stopped because the integration could no longer
+    /// follow the connection rather than because it ended: its readings
+    /// are then incomplete from that moment on (`closed` is set too).
+    pub(crate) fn observation_lost(&self) -> bool {
+        self.state.lock().observation_lost
+    }
+
+    /// Whether the connection ended (or observation was lost): the cheap
+    /// form of `reading(now).closed`.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
     }
 
     /// Links the record to the pooled object it belongs to; see
@@ -395,6 +471,67 @@ mod tests {
         // The next hold starts from zero.
         let (next, _) = activity.hold_so_far(at(start, 40));
         assert_eq!(next, Totals::default());
+    }
+
+    #[test]
+    fn a_withdrawn_request_stops_counting_and_keeps_the_state() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.transaction_reported(at(start, 0), TransactionState::Open);
+            w.request_sent(at(start, 10));
+            w.request_sent(at(start, 10));
+            w.request_withdrawn(at(start, 10));
+            w.ready(at(start, 30), TransactionState::Open);
+        }
+        let reading = activity.reading(at(start, 40));
+        assert_eq!(reading.in_flight, 0);
+        assert_eq!(reading.totals.busy, Duration::from_millis(20));
+        assert_eq!(reading.transaction, TransactionState::Open);
+        assert_eq!(reading.transaction_since, Some(at(start, 0)));
+        // Idle in transaction: 0..10 and 30..40.
+        assert_eq!(
+            reading.totals.idle_in_transaction,
+            Duration::from_millis(20)
+        );
+    }
+
+    #[test]
+    fn a_state_report_answers_no_request() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0));
+            w.transaction_reported(at(start, 5), TransactionState::Idle);
+        }
+        let reading = activity.reading(at(start, 10));
+        assert_eq!(reading.in_flight, 1);
+        assert_eq!(reading.transaction, TransactionState::Idle);
+        assert_eq!(reading.totals.busy, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn lost_observation_stops_the_clocks_and_forgets_the_state() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.transaction_reported(at(start, 0), TransactionState::Open);
+            w.request_sent(at(start, 0));
+            w.lost(at(start, 5), "a test");
+        }
+        let reading = activity.reading(at(start, 100));
+        assert!(reading.closed);
+        assert!(activity.is_closed());
+        assert!(activity.observation_lost());
+        assert_eq!(reading.transaction, TransactionState::Unknown);
+        assert_eq!(reading.transaction_since, None);
+        assert_eq!(reading.totals.busy, Duration::from_millis(5));
     }
 
     #[test]

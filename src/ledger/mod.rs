@@ -1,168 +1,56 @@
-//! The ledger: every outstanding checkout and the per-call-site statistics
-//! of one pool. It is the only shared mutable state in poolwatch; events,
-//! snapshots (and the watchdog) only read it.
+//! The ledger: every outstanding checkout, every waiting acquire, and what
+//! each call site recorded, of one pool. It is the only shared mutable
+//! state in poolwatch, and it **records only**: it imports nothing above
+//! it (no events, metrics, reports or background threads). Reactions
+//! (`observe`), readers (`view`) and the background threads (`sampler`,
+//! `watchdog`) call it.
 //!
 //! It is split into a few shards, each a [`parking_lot::Mutex`] around a
-//! [`ShardState`]. A thread always opens its checkouts in the same shard, so
-//! two threads checking out at once neither contend for a lock nor bounce a
-//! cache line; a guard closes its record in the shard that opened it,
-//! whichever thread drops it.
+//! [`ShardState`]. A thread always opens its checkouts in the same shard,
+//! so two threads checking out at once neither contend for a lock nor
+//! bounce a cache line; a guard closes its record in the shard that opened
+//! it, whichever thread drops it. Readers never merge under a shard lock:
+//! a drain swaps a shard's deltas out in O(1) and the [`Archive`] adds them
+//! up under its own lock, which the hot path never takes.
+//!
+//! Each shard carries an attachment of the pool layer's choosing (`A`:
+//! what a guard's drop reacts with), which the ledger stores and never
+//! looks at.
 
-pub(crate) mod activity;
-// Driven by the connection observer of `src/postgres/` (being wired in).
-#[allow(dead_code)]
+pub(crate) mod archive;
+mod common;
 pub(crate) mod connection;
-pub(crate) mod connections;
 #[cfg(test)]
 mod model;
+mod records;
 mod shard;
 mod stats;
 mod ticks;
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::config::WatchConfig;
 use crate::outcome::{AcquireFailure, Outcome};
-use crate::ratelimit::RateLimit;
-use crate::report::Report;
-use crate::site::{CallSite, SpanInfo, SpanRef};
-use crate::snapshot::{OutstandingGuard, PoolSnapshot, PoolStatus, SiteSnapshot, SpanSnapshot};
-use crate::stack_mode::{AtomicStackMode, StackMode};
-use crate::timeline::Timeline;
+use crate::site::SpanRef;
 
-use activity::TransactionEnding;
-use connections::{Connections, LastHolder};
+use archive::Archive;
+pub(crate) use archive::{ArchiveView, Episode, SnapshotParts, Summary, TickRecord, TickStatus};
+pub(crate) use common::{Common, ConnectionDirectory, Sites, Waiting};
+#[cfg(feature = "postgres")]
+pub(crate) use connection::ConnectionActivity;
+pub(crate) use records::{Checkout, Closed, Holder, TransactionEnded, Waiter};
 use shard::ShardState;
-pub(crate) use shard::{Checkout, Closed, Held, Outstanding, TransactionHolder};
+pub(crate) use shard::WaitEnding;
 #[cfg(feature = "leak-report")]
-pub(crate) use shard::{Cutoffs, Flagged};
-use stats::SiteStats;
+pub(crate) use shard::{Cutoffs, Overdue, Unreported};
+pub(crate) use stats::{Counts, DatabaseCounts, StatsKey, TransactionEnding, Usage};
 pub(crate) use ticks::Ticks;
-
-/// Decides which call sites get statistics of their own (bounded memory).
-pub(crate) struct SiteInterner {
-    max_sites: usize,
-    /// Each admitted site with its rank (order of first sight).
-    known: Mutex<HashMap<CallSite, usize>>,
-    /// Checkouts per site, shared by the shards (`leak-report` sampling).
-    #[cfg(feature = "leak-report")]
-    stack_counters: Mutex<std::collections::HashMap<CallSite, Arc<AtomicU64>>>,
-}
-
-impl SiteInterner {
-    /// The site itself and its rank while under the cap (or already known),
-    /// else the overflow bucket. Runs once per site and shard, never on the
-    /// hot path.
-    pub(crate) fn admit(&self, site: CallSite) -> (CallSite, usize) {
-        let mut known = self.known.lock();
-        let next_rank = known.len();
-        match known.get(&site) {
-            Some(&rank) => (site, rank),
-            None if next_rank < self.max_sites => {
-                known.insert(site, next_rank);
-                (site, next_rank)
-            }
-            None => (CallSite::OVERFLOW, self.max_sites),
-        }
-    }
-
-    /// The statistics bucket a site's records went to.
-    pub(crate) fn bucket_of(&self, site: CallSite) -> CallSite {
-        if self.known.lock().contains_key(&site) {
-            site
-        } else {
-            CallSite::OVERFLOW
-        }
-    }
-
-    /// The checkout counter of an admitted site (or of the overflow
-    /// bucket). Runs once per site and shard.
-    #[cfg(feature = "leak-report")]
-    pub(crate) fn stack_counter(&self, site: CallSite) -> Arc<AtomicU64> {
-        Arc::clone(self.stack_counters.lock().entry(site).or_default())
-    }
-}
-
-/// Reads the wrapped pool's status without knowing its manager type.
-pub(crate) type StatusSource = Box<dyn Fn() -> Option<PoolStatus> + Send + Sync>;
-
-/// What every shard needs to read: the pool's name and thresholds.
-pub(crate) struct Settings {
-    pub(crate) pool_name: String,
-    hold_threshold_ns: AtomicU64,
-    slow_acquire_ns: AtomicU64,
-    stacks: AtomicStackMode,
-    pub(crate) interner: SiteInterner,
-    /// Set once the pool exists (the ledger may be made first, for hooks).
-    status: OnceLock<StatusSource>,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::export::PoolMetrics,
-    /// Backend pid and last holder of each connection (database pools).
-    pub(crate) connections: Connections,
-    /// A connection returned inside a transaction is evicted, unless a
-    /// recycle hook that rolls it back is installed (then this is false).
-    pub(crate) evict_open_transactions: AtomicBool,
-    /// Budgets for the events a storm could flood: slow acquires, failed
-    /// acquires, holds past the threshold.
-    pub(crate) slow_acquire_events: RateLimit,
-    pub(crate) failed_acquire_events: RateLimit,
-    pub(crate) held_past_threshold_events: RateLimit,
-}
-
-/// Per pool and kind of event: enough to see a pattern, few enough to read.
-const EVENTS_PER_SECOND: u64 = 5;
-
-#[inline]
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl Settings {
-    pub(crate) fn hold_threshold(&self) -> Duration {
-        Duration::from_nanos(self.hold_threshold_ns.load(Ordering::Relaxed))
-    }
-    pub(crate) fn slow_acquire(&self) -> Duration {
-        Duration::from_nanos(self.slow_acquire_ns.load(Ordering::Relaxed))
-    }
-    /// Compared in nanoseconds: cheaper on the hot path than building a
-    /// `Duration` from the atomic.
-    #[inline]
-    pub(crate) fn exceeds_hold_threshold(&self, held: Duration) -> bool {
-        nanos(held) > self.hold_threshold_ns.load(Ordering::Relaxed)
-    }
-    #[inline]
-    pub(crate) fn exceeds_slow_acquire(&self, waited: Duration) -> bool {
-        nanos(waited) > self.slow_acquire_ns.load(Ordering::Relaxed)
-    }
-    /// The wrapped pool's status, if the pool still exists.
-    pub(crate) fn pool_status(&self) -> Option<PoolStatus> {
-        self.status.get().and_then(|status| status())
-    }
-
-    /// Connects the ledger to its pool's status; the first call wins.
-    pub(crate) fn set_status_source(&self, status: StatusSource) {
-        let _ = self.status.set(status);
-    }
-
-    pub(crate) fn set_hold_threshold(&self, d: Duration) {
-        self.hold_threshold_ns.store(nanos(d), Ordering::Relaxed);
-    }
-    pub(crate) fn set_slow_acquire(&self, d: Duration) {
-        self.slow_acquire_ns.store(nanos(d), Ordering::Relaxed);
-    }
-    pub(crate) fn stack_mode(&self) -> StackMode {
-        self.stacks.get()
-    }
-    pub(crate) fn set_stack_mode(&self, mode: StackMode) {
-        self.stacks.set(mode);
-    }
-}
 
 /// One lock's worth of the ledger. Guards keep an `Arc` of their shard, so
 /// the reference count they touch is per shard too.
@@ -171,85 +59,102 @@ impl Settings {
 /// that two shards' allocations never share a line: one thread's lock and
 /// reference count would otherwise evict the other's.
 #[repr(align(128))]
-pub(crate) struct Shard {
+pub(crate) struct Shard<A> {
     index: u64,
     count: u64,
     state: Mutex<ShardState>,
-    pub(crate) settings: Arc<Settings>,
+    common: Arc<Common>,
+    /// The pool layer's attachment (see the module docs).
+    pub(crate) attached: A,
 }
 
-impl Shard {
+impl<A> Shard<A> {
+    /// Opens a checkout record: its slab key, guard id and the site's rank
+    /// (`None` for the overflow bucket).
     #[inline]
-    pub(crate) fn open(&self, checkout: Checkout) -> (usize, u64) {
+    pub(crate) fn open(&self, checkout: Checkout) -> (usize, u64, Option<u32>) {
         self.state
             .lock()
-            .open((self.index, self.count), checkout, &self.settings)
+            .open((self.index, self.count), checkout, &self.common)
     }
 
     #[inline]
     pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Ticks) -> Option<Closed> {
-        let mut closed = self.state.lock().close(key, outcome, now)?;
-        let Some(activity) = closed.activity.as_deref() else {
-            return Some(closed); // no database call: nothing to decide
-        };
-        let evict_open = self
-            .settings
-            .evict_open_transactions
-            .load(Ordering::Relaxed);
-        let evict = activity.in_flight || (activity.open_transaction && evict_open);
-        if activity.connection != 0 && !evict {
-            let holder = LastHolder {
-                guard: closed.id,
-                location: closed.location,
-                reported_open_transaction: activity.open_transaction,
-            };
-            self.settings
-                .connections
-                .returned(activity.connection, holder);
-        }
-        closed.evict = evict;
-        Some(closed)
+        self.state.lock().close(key, outcome, now)
     }
 
-    /// A database call started; the first one also learns the connection
-    /// (`connection`: its identity) and its backend pid.
-    pub(crate) fn call_started(&self, key: usize, statement: Option<&str>, connection: usize) {
-        let unknown = self.state.lock().call_started(key, Ticks::now(), statement);
-        if unknown {
-            let pid = self.settings.connections.backend_pid(connection);
-            self.state.lock().set_connection(key, connection, pid);
-        }
+    pub(crate) fn index(&self) -> usize {
+        self.index as usize
     }
 
-    pub(crate) fn call_ended(&self, key: usize, completed: bool, transaction_effect: Option<bool>) {
+    /// An acquire at `location` had to wait, since `since`. `nested`: its
+    /// task already holds a guard of this pool; `queued`: every connection
+    /// was in use (else it waits for one being opened, which is no
+    /// saturation).
+    pub(crate) fn wait_started(
+        &self,
+        location: &'static Location<'static>,
+        span: Option<SpanRef>,
+        since: Ticks,
+        nested: bool,
+        queued: bool,
+    ) -> usize {
+        if queued {
+            self.common.waiting.started();
+        }
         self.state
             .lock()
-            .call_ended(key, Ticks::now(), completed, transaction_effect);
+            .wait_started(location, span, since, nested, queued, &self.common)
     }
 
+    /// The pending acquire `key` ended; returns how long it waited.
+    pub(crate) fn wait_ended(
+        &self,
+        key: usize,
+        now: Ticks,
+        ending: WaitEnding,
+    ) -> Option<Duration> {
+        let (waited, queued) = self.state.lock().wait_ended(key, now, ending)?;
+        if queued {
+            self.common.waiting.ended();
+        }
+        Some(waited)
+    }
+
+    /// An acquire failed without having waited.
+    pub(crate) fn record_failure(
+        &self,
+        location: &'static Location<'static>,
+        span: Option<SpanRef>,
+        failure: AcquireFailure,
+    ) {
+        self.state
+            .lock()
+            .record_failure(location, span, failure, &self.common);
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
     pub(crate) fn transaction_began(&self, key: usize, site: &'static Location<'static>) {
-        self.state.lock().transaction_began(key, Ticks::now(), site);
+        self.state.lock().transaction_began(key, site, Ticks::now());
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
     pub(crate) fn transaction_ended(
         &self,
         key: usize,
         ending: TransactionEnding,
-    ) -> Option<(TransactionHolder, activity::TransactionEnded)> {
+    ) -> Option<TransactionEnded> {
         self.state
             .lock()
-            .transaction_ended(key, Ticks::now(), ending)
+            .transaction_ended(key, ending, Ticks::now())
     }
 
-    pub(crate) fn savepoint_ended(&self, key: usize, ending: TransactionEnding) {
-        self.state.lock().savepoint_ended(key, ending);
-    }
-
-    /// Captures the stack of a checkout just opened, if the stack mode
-    /// wants it: the decision under the lock, the capture outside it.
+    /// Captures the stack of a checkout just opened, if `mode` wants it:
+    /// the decision under the lock, the capture outside it.
     #[cfg(feature = "leak-report")]
-    pub(crate) fn capture_stack(&self, key: usize) {
-        let wanted = match self.settings.stack_mode() {
+    pub(crate) fn capture_stack(&self, key: usize, mode: crate::stack_mode::StackMode) {
+        use crate::stack_mode::StackMode;
+        let wanted = match mode {
             StackMode::Off => false,
             StackMode::Always => true,
             mode => self.state.lock().stack_wanted(key, mode),
@@ -259,50 +164,63 @@ impl Shard {
             self.state.lock().attach_stack(key, stack);
         }
     }
+
+    /// Confirms a watchdog flag right before it is reported (see
+    /// `ShardState::confirm_flag`).
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn confirm_flag(
+        &self,
+        overdue: &Overdue,
+        now: Ticks,
+    ) -> Option<(Holder, Option<crate::stack::RawStack>)> {
+        self.state
+            .lock()
+            .confirm_flag(overdue.key, overdue.id, overdue.level, now)
+    }
 }
 
-pub(crate) struct Ledger {
-    pub(crate) settings: Arc<Settings>,
-    shards: Box<[Arc<Shard>]>,
-    /// The pressure timeline, when configured.
-    pub(crate) timeline: Option<Timeline>,
-    /// How often the sampler emits the report through tracing.
-    report_every: Option<Duration>,
-    last_report: Mutex<Instant>,
+/// How a ledger is laid out: sites, window, timeline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LedgerConfig {
+    pub(crate) max_sites: usize,
+    /// The window reports describe.
+    pub(crate) window: Duration,
+    /// Ticks kept in the timeline.
+    pub(crate) timeline_capacity: usize,
+}
+
+pub(crate) struct Ledger<A> {
+    common: Arc<Common>,
+    shards: Box<[Arc<Shard<A>>]>,
+    archive: Mutex<Archive>,
 }
 
 /// Threads are spread over shards round-robin, in order of first checkout.
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
+    // No destructor, so it stays readable while other thread-locals are
+    // destroyed (a checkout from a thread-local's `Drop`).
     static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
 }
 
-impl Ledger {
-    pub(crate) fn new(config: &WatchConfig) -> Self {
+impl<A> Ledger<A> {
+    /// A ledger whose shard `i` carries `attach(i)`.
+    pub(crate) fn new(config: LedgerConfig, mut attach: impl FnMut(usize) -> A) -> Self {
         Ticks::init(); // calibrate now, not at the first checkout
-        let settings = Arc::new(Settings {
-            pool_name: config.pool_name.clone(),
-            hold_threshold_ns: AtomicU64::new(nanos(config.hold_threshold)),
-            slow_acquire_ns: AtomicU64::new(nanos(config.slow_acquire)),
-            stacks: AtomicStackMode::new(config.stacks),
-            interner: SiteInterner {
+        let now = Ticks::now();
+        let common = Arc::new(Common {
+            sites: Sites {
                 max_sites: config.max_sites,
                 known: Mutex::new(HashMap::new()),
                 #[cfg(feature = "leak-report")]
                 stack_counters: Mutex::default(),
             },
-            status: OnceLock::new(),
-            #[cfg(feature = "metrics")]
-            metrics: crate::export::PoolMetrics::new(&config.pool_name, config.metrics_site_labels),
-            connections: Connections::default(),
-            evict_open_transactions: AtomicBool::new(true),
-            slow_acquire_events: RateLimit::new(EVENTS_PER_SECOND),
-            failed_acquire_events: RateLimit::new(EVENTS_PER_SECOND),
-            held_past_threshold_events: RateLimit::new(EVENTS_PER_SECOND),
+            directory: OnceLock::new(),
+            waiting: Waiting::default(),
         });
         // One shard per core (a power of two, at most 16) keeps threads
-        // apart without multiplying the per-site histograms needlessly.
+        // apart without multiplying the per-origin deltas needlessly.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let count = cores.next_power_of_two().clamp(2, 16);
         let shards = (0..count)
@@ -310,250 +228,202 @@ impl Ledger {
                 Arc::new(Shard {
                     index: index as u64,
                     count: count as u64,
-                    state: Mutex::new(ShardState::new()),
-                    settings: Arc::clone(&settings),
+                    state: Mutex::new(ShardState::new(now)),
+                    common: Arc::clone(&common),
+                    attached: attach(index),
                 })
             })
             .collect();
-        let timeline = config
-            .timeline_tick
-            .map(|tick| Timeline::new(tick, config.timeline_window, Instant::now()));
         Self {
-            settings,
+            common,
             shards,
-            timeline,
-            report_every: config.report_every,
-            last_report: Mutex::new(Instant::now()),
+            archive: Mutex::new(Archive::new(
+                now,
+                count,
+                config.window,
+                config.timeline_capacity,
+            )),
         }
     }
 
-    /// Successful checkouts so far, over all shards.
-    pub(crate) fn total_checkouts(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.state
-                    .lock()
-                    .sites
-                    .iter()
-                    .map(|st| st.checkouts)
-                    .sum::<u64>()
-            })
-            .sum()
+    /// Connects the integration's connection table; the first call wins.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+    pub(crate) fn set_directory(&self, directory: Arc<dyn ConnectionDirectory>) {
+        let _ = self.common.directory.set(directory);
     }
 
-    /// Takes a timeline sample if one is due, and emits the periodic report
-    /// if that is due.
-    pub(crate) fn sample_timeline(&self, now: Instant) {
-        let Some(timeline) = &self.timeline else {
-            return;
-        };
-        let Some(status) = self.settings.pool_status() else {
-            return;
-        };
-        if timeline.due(now) {
-            timeline.record(now, status, self.total_checkouts());
-        }
-        if let Some(every) = self.report_every {
-            let mut last = self.last_report.lock();
-            if now.saturating_duration_since(*last) >= every {
-                *last = now;
-                drop(last);
-                crate::events::periodic_report(&self.report(status));
-            }
-        }
-    }
-
-    /// The pool's state now, as plain data.
-    pub(crate) fn snapshot(&self, status: PoolStatus) -> PoolSnapshot {
-        PoolSnapshot {
-            pool: self.settings.pool_name.clone(),
-            status,
-            outstanding: self.outstanding(),
-            sites: self.sites(),
-            spans: self.spans(),
-        }
-    }
-
-    /// The diagnosis of the pool now.
-    pub(crate) fn report(&self, status: PoolStatus) -> Report {
-        let timeline = self
-            .timeline
-            .as_ref()
-            .map(|t| t.samples())
-            .unwrap_or_default();
-        Report::build(
-            &self.snapshot(status),
-            timeline,
-            self.settings.hold_threshold(),
-        )
-    }
-
-    /// The shard this thread opens its checkouts in.
-    pub(crate) fn local_shard(&self) -> &Arc<Shard> {
-        let slot = THREAD_SLOT.with(|slot| *slot);
+    /// The shard this thread opens its checkouts in. Readable from
+    /// thread-local destructors (see `THREAD_SLOT`); shard 0 if not.
+    #[inline]
+    pub(crate) fn local_shard(&self) -> &Arc<Shard<A>> {
+        let slot = THREAD_SLOT.try_with(|slot| *slot).unwrap_or(0);
         &self.shards[slot & (self.shards.len() - 1)]
     }
 
-    pub(crate) fn record_failure(
-        &self,
-        location: &'static Location<'static>,
-        span: Option<SpanInfo>,
-        waited: Duration,
-        failure: AcquireFailure,
-    ) {
-        let shard = self.local_shard();
-        shard
-            .state
-            .lock()
-            .record_failure(location, span, waited, failure, &self.settings);
+    pub(crate) fn shard(&self, index: usize) -> Option<&Arc<Shard<A>>> {
+        self.shards.get(index)
     }
 
-    /// An open transaction found at recycle that its last holder did not
-    /// report itself: counted against the holder's call site.
-    pub(crate) fn record_unreported_open_transaction(&self, location: &'static Location<'static>) {
-        self.local_shard()
-            .state
-            .lock()
-            .record_unreported_open_transaction(location, &self.settings);
-    }
-
-    /// Calls `f` on every outstanding checkout, one shard lock at a time.
-    pub(crate) fn for_each_outstanding(&self, mut f: impl FnMut(Held<'_>)) {
-        for shard in self.shards.iter() {
-            let state = shard.state.lock();
-            state.iter_held().for_each(&mut f);
-        }
-    }
-
-    /// Flags the guards held past the threshold (at bounded escalation
-    /// levels) since the last scan. Each shard's lock is held for one pass
-    /// over its outstanding table.
-    #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_overdue(&self, now: Ticks, threshold: Duration) -> Vec<Flagged> {
-        let cutoffs = Cutoffs::new(now, threshold);
-        let mut flagged = Vec::new();
-        for shard in self.shards.iter() {
-            shard.state.lock().flag_overdue(&cutoffs, &mut flagged);
-        }
-        flagged
-    }
-
-    /// Every outstanding guard, marked flagged, oldest first: the
-    /// never-returned report.
-    #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_all(&self, now: Ticks) -> Vec<Flagged> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            shard.state.lock().flag_all(now, &mut all);
-        }
-        all.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.cmp(&b.id)));
-        all
+    /// Most callers waiting at once since the last tick.
+    pub(crate) fn waiting_peak(&self) -> usize {
+        self.common.waiting.peak()
     }
 
     pub(crate) fn outstanding_count(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.state.lock().outstanding.len())
+            .map(|s| s.state.lock().outstanding_count())
             .sum()
     }
 
-    /// Every outstanding checkout, oldest first.
-    pub(crate) fn outstanding(&self) -> Vec<OutstandingGuard> {
-        let now = Ticks::now();
-        let mut guards = Vec::new();
-        self.for_each_outstanding(|entry| {
-            guards.push(OutstandingGuard {
-                id: entry.id(),
-                site: entry.site(),
-                span: entry.span.map(SpanRef::info),
-                held: entry.held(now),
-                busy: entry.activity().busy(now),
-                backend_pid: entry.activity().backend_pid,
-                last_statement: entry.activity().last_statement.to_display(),
-                in_transaction: entry.activity().open_transaction(),
-            });
-        });
-        guards.sort_by(|a, b| b.held.cmp(&a.held).then(a.id.cmp(&b.id)));
-        guards
-    }
-
-    /// Statistics per call site (over all spans), merged over the shards,
-    /// busiest first (by connection time held).
-    pub(crate) fn sites(&self) -> Vec<SiteSnapshot> {
-        let (merged, outstanding) = self.merge_stats(
-            |s| (s.site, None),
-            |e| (self.settings.interner.bucket_of(e.site()), None),
-        );
-        let mut sites: Vec<SiteSnapshot> = merged
-            .iter()
-            .map(|stats| stats.to_snapshot(count_of(&outstanding, &(stats.site, None))))
-            .collect();
-        sites.sort_by(|a, b| b.hold_total.cmp(&a.hold_total).then(a.site.cmp(&b.site)));
-        sites
-    }
-
-    /// Statistics per span name (over all sites), busiest first.
-    pub(crate) fn spans(&self) -> Vec<SpanSnapshot> {
-        let (merged, outstanding) = self.merge_stats(
-            |s| (CallSite::OVERFLOW, s.span),
-            |e| (CallSite::OVERFLOW, e.span.map(|s| s.info().name)),
-        );
-        let mut spans: Vec<SpanSnapshot> = merged
-            .iter()
-            .map(|stats| {
-                stats.to_span_snapshot(count_of(&outstanding, &(CallSite::OVERFLOW, stats.span)))
-            })
-            .collect();
-        spans.sort_by(|a, b| b.hold_total.cmp(&a.hold_total).then(a.span.cmp(&b.span)));
-        spans
-    }
-
-    /// Merges every shard's statistics by `key_of_stats`, and counts the
-    /// outstanding checkouts by `key_of_entry`, one shard lock at a time.
-    fn merge_stats(
-        &self,
-        key_of_stats: impl Fn(&SiteStats) -> StatsKey,
-        key_of_entry: impl Fn(Held<'_>) -> StatsKey,
-    ) -> (Vec<SiteStats>, Vec<(StatsKey, u64)>) {
-        let mut merged: Vec<SiteStats> = Vec::new();
-        let mut outstanding: Vec<(StatsKey, u64)> = Vec::new();
+    /// Every outstanding checkout, longest held first; one shard lock at
+    /// a time, sorted outside.
+    pub(crate) fn holders(&self, now: Ticks) -> Vec<Holder> {
+        let mut holders = Vec::new();
         for shard in self.shards.iter() {
-            let state = shard.state.lock();
-            for stats in &state.sites {
-                let key = key_of_stats(stats);
-                match merged.iter_mut().find(|m| key_of_stats(m) == key) {
-                    Some(m) => m.merge(stats),
-                    None => {
-                        let mut first = stats.clone();
-                        (first.site, first.span) = key;
-                        merged.push(first);
-                    }
-                }
-            }
-            for entry in state.iter_held() {
-                let key = key_of_entry(entry);
-                match outstanding.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, n)) => *n += 1,
-                    None => outstanding.push((key, 1)),
-                }
+            shard.state.lock().holders(now, &mut holders);
+        }
+        holders.sort_by(|a, b| a.acquired.cmp(&b.acquired).then(a.id.cmp(&b.id)));
+        holders
+    }
+
+    /// Every waiting acquire, longest waiting first.
+    pub(crate) fn waiters(&self) -> Vec<Waiter> {
+        let mut waiters = Vec::new();
+        for shard in self.shards.iter() {
+            shard.state.lock().waiters(&mut waiters);
+        }
+        waiters.sort_by_key(|w| w.since);
+        waiters
+    }
+
+    /// A checkout held by `task`, if any (asked only by acquires that have
+    /// to wait: is this a nested checkout?).
+    pub(crate) fn held_by(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
+        self.shards
+            .iter()
+            .find_map(|shard| shard.state.lock().held_by(task, now))
+    }
+
+    /// Drains every shard into the archive: one shard lock at a time, each
+    /// held for a swap and a pass over what is outstanding.
+    fn drain(&self, archive: &mut Archive, now: Ticks) {
+        for shard in self.shards.iter() {
+            let spare = archive.take_spare(shard.index());
+            let drained = shard.state.lock().drain(now, spare);
+            archive.absorb(shard.index(), drained);
+        }
+    }
+
+    /// The sampler's tick: drains, then closes the tick with `status`.
+    pub(crate) fn tick(&self, now: Ticks, mut status: TickStatus, tick: Duration) -> TickRecord {
+        let mut archive = self.archive.lock();
+        self.drain(&mut archive, now);
+        status.peak_waiting = status.peak_waiting.max(self.common.waiting.take_peak());
+        archive.close_tick(now, status, tick)
+    }
+
+    /// What readers see: drains first, so the view is current to `now`.
+    pub(crate) fn view(&self, now: Ticks) -> (ArchiveView, SnapshotParts) {
+        let mut archive = self.archive.lock();
+        self.drain(&mut archive, now);
+        (archive.view(), archive.snapshot_parts())
+    }
+
+    /// What a snapshot needs: drains first, then the window's totals per
+    /// site and span (no per-pair copy).
+    pub(crate) fn snapshot_parts(&self, now: Ticks) -> SnapshotParts {
+        let mut archive = self.archive.lock();
+        self.drain(&mut archive, now);
+        archive.snapshot_parts()
+    }
+
+    /// Marks the guards held past `threshold` (at bounded escalation
+    /// levels) as of `now`, shard by shard in short lock holds of at most
+    /// `keys_per_lock` slab keys; copies at most `budget` of them out
+    /// (with their shard's index) and counts the rest.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_overdue(
+        &self,
+        now: Ticks,
+        threshold: Duration,
+        keys_per_lock: usize,
+        budget: usize,
+    ) -> (Vec<(usize, Overdue)>, Unreported) {
+        self.flag_overdue_timed(now, threshold, keys_per_lock, budget, |_| {})
+    }
+
+    /// [`Self::flag_overdue`], calling `held` with how long each shard-lock
+    /// hold lasted (the longest a checkout could wait behind the scan).
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_overdue_timed(
+        &self,
+        now: Ticks,
+        threshold: Duration,
+        keys_per_lock: usize,
+        mut budget: usize,
+        mut held: impl FnMut(Duration),
+    ) -> (Vec<(usize, Overdue)>, Unreported) {
+        let cutoffs = Cutoffs::new(now, threshold);
+        let mut flagged = Vec::new();
+        let mut unreported = Unreported::default();
+        for shard in self.shards.iter() {
+            let mut start = Some(0);
+            while let Some(from) = start {
+                let mut out = Vec::new();
+                let mut state = shard.state.lock();
+                let locked = Ticks::now();
+                start = state.flag_overdue(
+                    &cutoffs,
+                    from,
+                    keys_per_lock,
+                    &mut budget,
+                    &mut out,
+                    &mut unreported,
+                );
+                drop(state);
+                held(locked.until(Ticks::now()));
+                flagged.extend(out.into_iter().map(|o| (shard.index(), o)));
             }
         }
-        (merged, outstanding)
+        (flagged, unreported)
+    }
+
+    /// Every outstanding guard, marked reported, longest held first: the
+    /// never-returned report.
+    #[cfg(feature = "leak-report")]
+    pub(crate) fn flag_all(&self, now: Ticks) -> Vec<(Holder, Option<crate::stack::RawStack>)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            shard.state.lock().flag_all(now, &mut all);
+        }
+        all.sort_by(|a, b| a.0.acquired.cmp(&b.0.acquired).then(a.0.id.cmp(&b.0.id)));
+        all
     }
 }
 
-/// What statistics are merged by: a site, a span name, or both.
-type StatsKey = (CallSite, Option<&'static str>);
-
-fn count_of(counts: &[(StatsKey, u64)], key: &StatsKey) -> u64 {
-    counts.iter().find(|(k, _)| k == key).map_or(0, |(_, n)| *n)
+/// Bytes of one outstanding-checkout entry (benches, memory test).
+pub(crate) fn outstanding_entry_size() -> usize {
+    std::mem::size_of::<shard::Outstanding>()
 }
 
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        if self.timeline.is_some() {
-            crate::sampler::wake();
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-guard memory budget: 48 bytes with the acquire-time column
+    /// (8), 64 with `leak-report` (stack pointer included; the frames
+    /// themselves live behind it).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn outstanding_entry_stays_small() {
+        let entry = std::mem::size_of::<shard::Outstanding>();
+        let column = std::mem::size_of::<Ticks>();
+        let budget = if cfg!(feature = "leak-report") {
+            64
+        } else {
+            48
+        };
+        assert!(entry + column <= budget, "{entry} + {column} bytes");
     }
 }

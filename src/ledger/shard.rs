@@ -1,239 +1,103 @@
-//! The ledger data that must be protected by a lock: one shard's
-//! outstanding checkouts and call-site statistics. Every method is a small,
-//! plain state transition, run under the shard's mutex by [`super::Ledger`].
+//! The ledger data behind one shard's lock: outstanding checkouts, waiting
+//! acquires, and what each origin recorded since the last drain. Every
+//! method is a small state transition, run under the shard's mutex by
+//! [`super::Shard`]; nothing here formats, emits or merges.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU64;
 use std::panic::Location;
-#[cfg(feature = "leak-report")]
-use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(feature = "leak-report")]
 use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
 
-use super::activity::{
-    Activity, ActivitySummary, StatementText, TransactionEnded, TransactionEnding,
-};
-use super::stats::SiteStats;
+use super::common::Common;
+use super::connection::ConnectionActivity;
+use super::records::TransactionEnded;
+use super::records::{Checkout, Closed, EndedActivity, HeldActivity, Holder, TaskId, Waiter};
+use super::stats::{SiteDelta, StatsKey, TransactionEnding};
 use super::ticks::Ticks;
-use super::Settings;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::site::{CallSite, SpanInfo, SpanRef};
 #[cfg(feature = "leak-report")]
 use crate::{stack::RawStack, stack_mode::StackMode};
 
+/// No connection slot.
+const NO_CONNECTION: u32 = u32::MAX;
+
 /// A checkout that has not ended yet. Its acquire time is kept apart, in
 /// [`ShardState::acquired`], the column the watchdog scans.
 ///
-/// Kept small (48 bytes, 64 with `leak-report`): the call site and its
-/// statistics slot are one 4-byte index into [`ShardState::origins`].
+/// Kept small (40 bytes, 56 with `leak-report`): the call site, span name
+/// and statistics slot are one 4-byte index into [`ShardState::origins`],
+/// the connection a 4-byte slot of [`ConnectionCache`].
 #[derive(Debug)]
 pub(crate) struct Outstanding {
-    /// Never 0, which lets the slab keep a free slot in the same 8 bytes
-    /// (an entry with a tag word would be 8 bytes larger).
+    /// Never 0, which lets the slab keep a free slot in the same 8 bytes.
     id: NonZeroU64,
-    pub(crate) span: Option<SpanRef>,
-    /// Index into [`ShardState::origins`], resolved once at checkout.
+    /// The span's id; its name is the origin's.
+    span_id: Option<NonZeroU64>,
+    task: TaskId,
     origin: u32,
-    /// What the holder did with the connection (database integrations).
-    /// Boxed, and only once the holder makes an instrumented database
-    /// call: plain checkouts keep the entry small and allocate nothing.
-    pub(crate) activity: Option<Box<Activity>>,
-    /// How many times the watchdog (or a closing pool) flagged it: 0 to
-    /// [`Cutoffs::LEVELS`].
+    connection: u32,
+    /// Acquired while the thread was unwinding.
+    opened_while_panicking: bool,
+    /// Escalation levels the watchdog's scan marked, and reported.
     #[cfg(feature = "leak-report")]
     flagged: u8,
+    #[cfg(feature = "leak-report")]
+    reported: u8,
     /// The stack that acquired it, when one was captured.
     #[cfg(feature = "leak-report")]
     stack: Option<RawStack>,
 }
 
-/// Where checkouts come from: a call site (within a span name) and the
-/// statistics slot its records go to. Several origins share a slot when
-/// their sites overflow the interner's cap.
-#[derive(Clone, Copy, Debug)]
-struct Origin {
-    location: &'static Location<'static>,
-    stats_slot: u32,
-}
-
-/// An outstanding checkout as the ledger's readers see it: the entry with
-/// its call site and acquire time.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Held<'a> {
-    pub(crate) entry: &'a Outstanding,
-    pub(crate) location: &'static Location<'static>,
-    pub(crate) acquired: Ticks,
-}
-
-impl Held<'_> {
-    pub(crate) fn site(&self) -> CallSite {
-        CallSite::from(self.location)
-    }
-
-    /// How long it has been held at `now`.
-    pub(crate) fn held(&self, now: Ticks) -> Duration {
-        self.acquired.until(now)
-    }
-}
-
-impl std::ops::Deref for Held<'_> {
-    type Target = Outstanding;
-
-    fn deref(&self) -> &Outstanding {
-        self.entry
-    }
-}
-
-/// The holder of a checkout whose transaction just ended, copied out of
-/// the ledger for the event.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TransactionHolder {
-    pub(crate) id: u64,
-    pub(crate) location: &'static Location<'static>,
-    pub(crate) span: Option<SpanRef>,
-    pub(crate) backend_pid: Option<i32>,
-    pub(crate) last_statement: StatementText,
-}
-
-static IDLE_ACTIVITY: Activity = Activity::IDLE;
-static IDLE_SUMMARY: ActivitySummary = ActivitySummary::IDLE;
-
 impl Outstanding {
     /// The guard's id.
+    #[cfg(test)]
     pub(crate) fn id(&self) -> u64 {
         self.id.get()
     }
-
-    /// What the holder did in the database (idle when nothing).
-    pub(crate) fn activity(&self) -> &Activity {
-        self.activity.as_deref().unwrap_or(&IDLE_ACTIVITY)
-    }
-
-    fn activity_mut(&mut self) -> &mut Activity {
-        self.activity
-            .get_or_insert_with(|| Box::new(Activity::IDLE))
-    }
 }
 
-impl Closed {
-    pub(crate) fn site(&self) -> CallSite {
-        CallSite::from(self.location)
-    }
-
-    pub(crate) fn span(&self) -> Option<SpanInfo> {
-        self.span.map(SpanRef::info)
-    }
-
-    /// The database side of the hold (idle when the holder made no
-    /// instrumented call).
-    pub(crate) fn activity(&self) -> &ActivitySummary {
-        self.activity.as_deref().unwrap_or(&IDLE_SUMMARY)
-    }
+/// An acquire waiting for a connection.
+#[derive(Debug)]
+struct Pending {
+    origin: u32,
+    span_id: Option<NonZeroU64>,
+    since: Ticks,
+    nested: bool,
+    /// Queued for a connection every one of which was in use (saturation),
+    /// rather than waiting for one being opened.
+    queued: bool,
 }
 
-/// A successful acquire, as the pool saw it.
+/// Where checkouts come from: a call site within a span, and the key its
+/// statistics go under (the overflow bucket's, past the cap on sites).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Checkout {
-    pub(crate) location: &'static Location<'static>,
-    pub(crate) span: Option<SpanRef>,
-    pub(crate) waited: Duration,
-    pub(crate) acquired: Ticks,
+struct Origin {
+    location: &'static Location<'static>,
+    span: Option<&'static tracing::Metadata<'static>>,
+    key: StatsKey,
+    /// The site's rank among admitted sites (`None`: overflow).
+    rank: Option<u32>,
 }
 
-/// What closing a checkout tells the event layer. Kept small: it is
-/// returned through the hot path on every return.
-#[derive(Clone, Debug)]
-pub(crate) struct Closed {
-    pub(crate) id: u64,
-    pub(crate) location: &'static Location<'static>,
-    span: Option<SpanRef>,
-    pub(crate) held: Duration,
-    /// The database side of the hold (all zero for plain pools).
-    /// `None` when the holder made no instrumented database call.
-    pub(crate) activity: Option<Box<ActivitySummary>>,
-    /// The connection must not go back to the pool (a call may still run
-    /// on it, or it sits in a transaction nobody will clean up).
-    pub(crate) evict: bool,
-    /// Whether it had been flagged while held.
-    #[cfg(feature = "leak-report")]
-    pub(crate) flagged: bool,
-    #[cfg(feature = "leak-report")]
-    pub(crate) stack: Option<RawStack>,
-}
-
-/// The instants a scan compares acquire times with, computed once per scan:
-/// a guard acquired before `at[k]` has been held past the threshold times
-/// [`Cutoffs::FACTORS`]`[k]`.
-#[cfg(feature = "leak-report")]
-pub(crate) struct Cutoffs {
-    pub(crate) now: Ticks,
-    at: [Option<Ticks>; Cutoffs::LEVELS as usize],
-}
-
-#[cfg(feature = "leak-report")]
-impl Cutoffs {
-    /// Bounded escalation: flagged at 1×, 4× and 16× the threshold.
-    pub(crate) const FACTORS: [u32; 3] = [1, 4, 16];
-    pub(crate) const LEVELS: u8 = 3;
-
-    pub(crate) fn new(now: Ticks, threshold: Duration) -> Self {
-        let at = Self::FACTORS.map(|k| {
-            threshold
-                .checked_mul(k)
-                .and_then(|held| now.checked_sub(held))
-        });
-        Self { now, at }
-    }
-
-    /// The first cutoff: a guard acquired after it is not overdue at all
-    /// (the scan's one comparison for almost every guard).
-    #[inline]
-    fn first(&self) -> Option<Ticks> {
-        self.at[0]
-    }
-
-    /// How many levels a guard acquired at `acquired` has crossed.
-    fn level_of(&self, acquired: Ticks) -> u8 {
-        self.at
-            .iter()
-            .take_while(|cutoff| cutoff.is_some_and(|c| acquired <= c))
-            .count() as u8
-    }
-}
-
-/// A guard reported while still held, copied out of the ledger.
-#[cfg(feature = "leak-report")]
-#[derive(Clone, Debug)]
-pub(crate) struct Flagged {
-    pub(crate) id: u64,
-    pub(crate) site: CallSite,
-    pub(crate) span: Option<SpanInfo>,
-    pub(crate) held: Duration,
-    /// 1 to [`Cutoffs::LEVELS`].
-    pub(crate) level: u8,
-    pub(crate) stack: Option<RawStack>,
-}
-
-#[cfg(feature = "leak-report")]
-impl Flagged {
-    fn of(held: Held<'_>, now: Ticks) -> Self {
-        Self {
-            id: held.id(),
-            site: held.site(),
-            span: held.span.map(SpanRef::info),
-            held: held.acquired.until(now),
-            level: held.flagged,
-            stack: held.stack.clone(),
+impl Origin {
+    fn span(&self, id: Option<NonZeroU64>) -> Option<SpanInfo> {
+        match (self.span, id) {
+            (Some(metadata), Some(id)) => Some(SpanInfo {
+                name: metadata.name(),
+                id: id.get(),
+            }),
+            _ => None,
         }
     }
 }
 
-/// A `Location` is `'static` and its address is a fine hash key; the real
-/// identity check is done by the interner on first sight.
+/// A `Location` (or metadata) is `'static` and its address is a fine hash
+/// key; the real identity check is done by the interner on first sight.
 #[derive(Default)]
 pub(crate) struct AddressHasher(u64);
 
@@ -252,30 +116,147 @@ impl Hasher for AddressHasher {
     }
 }
 
+type AddressMap<K, V> = HashMap<K, V, BuildHasherDefault<AddressHasher>>;
+
+/// The activity records of the connections this shard's checkouts used,
+/// by the integration's connection key; a checkout keeps a 4-byte slot.
+#[derive(Default)]
+struct ConnectionCache {
+    slots: Vec<Option<Cached>>,
+    by_key: AddressMap<usize, u32>,
+    free: Vec<u32>,
+}
+
+struct Cached {
+    key: usize,
+    /// `None`: the integration does not know this connection.
+    activity: Option<Arc<ConnectionActivity>>,
+    /// Outstanding checkouts on it (at most one, unless detached objects
+    /// are reused: counted to know when the slot may go).
+    users: u32,
+}
+
+impl ConnectionCache {
+    /// The slot of connection `key` for a new checkout on it.
+    fn checkout(&mut self, key: usize, common: &Common) -> u32 {
+        let slot = match self.by_key.get(&key) {
+            Some(&slot) => slot,
+            None => self.insert(key, common),
+        };
+        if let Some(Some(cached)) = self.slots.get_mut(slot as usize) {
+            cached.users += 1;
+        }
+        slot
+    }
+
+    #[cold]
+    fn insert(&mut self, key: usize, common: &Common) -> u32 {
+        if self.free.is_empty() && self.slots.len() >= 32 && self.slots.len().is_power_of_two() {
+            self.prune();
+        }
+        let cached = Cached {
+            key,
+            activity: common.find_connection(key),
+            users: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(cached);
+                slot
+            }
+            None => {
+                self.slots.push(Some(cached));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_key.insert(key, slot);
+        slot
+    }
+
+    /// Forgets connections whose pooled object is gone and that no
+    /// outstanding checkout uses (the record's reservation keeps a dead
+    /// connection's key from being reused until then).
+    fn prune(&mut self) {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            let gone = entry.as_ref().is_some_and(|c| {
+                c.users == 0 && c.activity.as_ref().is_none_or(|a| !a.object_alive())
+            });
+            if gone {
+                if let Some(cached) = entry.take() {
+                    self.by_key.remove(&cached.key);
+                }
+                self.free.push(slot as u32);
+            }
+        }
+    }
+
+    fn activity(&self, slot: u32) -> Option<&Arc<ConnectionActivity>> {
+        self.slots.get(slot as usize)?.as_ref()?.activity.as_ref()
+    }
+
+    fn release(&mut self, slot: u32) {
+        if let Some(Some(cached)) = self.slots.get_mut(slot as usize) {
+            cached.users = cached.users.saturating_sub(1);
+        }
+    }
+}
+
+/// A watched transaction in progress (the integration's `Transaction`).
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+struct OpenTransaction {
+    key: usize,
+    since: Ticks,
+    site: &'static Location<'static>,
+    /// The connection's idle-in-transaction total when it began.
+    idle_at_start: Option<Duration>,
+    depth: u32,
+}
+
 pub(crate) struct ShardState {
-    /// Outstanding checkouts; the slab's key is the guard's `Record::key`.
+    /// Outstanding checkouts; the slab's key is the guard's record key.
     pub(crate) outstanding: Slab<Outstanding>,
     /// The acquire time of the checkout at each slab key
     /// ([`Ticks::NEVER`] for a free key): a dense column the watchdog scans
     /// at 8 bytes a guard instead of walking the entries.
     acquired: Vec<Ticks>,
     next_seq: u64,
-    /// (address of the `Location`, address of the span name) → origin.
-    origin_of: HashMap<(usize, usize), u32, BuildHasherDefault<AddressHasher>>,
+    /// (address of the `Location`, address of the span's metadata) →
+    /// origin.
+    origin_of: AddressMap<(usize, usize), u32>,
     /// The last key looked up and its origin: a loop checking out at one
     /// line skips the hash lookup. `(0, 0)` (no `Location` is at address
     /// 0) until the first lookup.
     last_origin: ((usize, usize), u32),
     origins: Vec<Origin>,
-    pub(crate) sites: Vec<SiteStats>,
+    /// What each origin recorded since the last drain, parallel to
+    /// `origins`.
+    pub(crate) deltas: Vec<SiteDelta>,
+    /// The origins whose delta was touched since the last drain, so the
+    /// drain's merge visits only those.
+    touched: Vec<u32>,
+    pending: Slab<Pending>,
+    connections: ConnectionCache,
+    transactions: Vec<OpenTransaction>,
+    /// The last drain: the tick boundary this shard's records are split at.
+    drained_at: Ticks,
     /// Checkouts seen per call site across all shards, parallel to
-    /// `sites`: decides `sample:N` and `first:N` stack capture.
+    /// `origins`: decides `sample:N` and `first:N` stack capture.
     #[cfg(feature = "leak-report")]
-    stack_counters: Vec<Arc<AtomicU64>>,
+    stack_counters: Vec<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// What a drain hands the archive: the deltas it swapped out (now holding
+/// the in-progress holds' and waits' share of the tick too).
+pub(crate) struct Drained {
+    pub(crate) at: Ticks,
+    pub(crate) deltas: Vec<SiteDelta>,
+    /// The indices into `deltas` that hold anything.
+    pub(crate) touched: Vec<u32>,
 }
 
 impl ShardState {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(now: Ticks) -> Self {
         Self {
             outstanding: Slab::new(),
             acquired: Vec::new(),
@@ -283,51 +264,62 @@ impl ShardState {
             origin_of: HashMap::default(),
             last_origin: ((0, 0), 0),
             origins: Vec::new(),
-            sites: Vec::new(),
+            deltas: Vec::new(),
+            touched: Vec::new(),
+            pending: Slab::new(),
+            connections: ConnectionCache::default(),
+            transactions: Vec::new(),
+            drained_at: now,
             #[cfg(feature = "leak-report")]
             stack_counters: Vec::new(),
         }
     }
 
-    /// The origin of a checkout at a call site within a span, creating it
-    /// (and its statistics slot) on first sight. Spans are static names,
-    /// so their number is bounded by the program; statistics slots are
-    /// bounded by the interner's cap on sites.
+    /// The origin of a checkout at a call site within a span, created (with
+    /// its delta slot) on first sight. Both are static, so their number is
+    /// bounded by the program.
     #[inline]
     fn origin(
         &mut self,
         location: &'static Location<'static>,
-        span: Option<SpanInfo>,
-        settings: &Settings,
+        span: Option<&'static tracing::Metadata<'static>>,
+        common: &Common,
     ) -> u32 {
-        let span_name = span.map(|s| s.name);
         let key = (
             location as *const Location<'static> as usize,
-            span_name.map_or(0, |name| name.as_ptr() as usize),
+            span.map_or(0, |m| m as *const tracing::Metadata<'static> as usize),
         );
         if self.last_origin.0 == key {
             return self.last_origin.1;
         }
-        self.origin_lookup(key, location, span_name, settings)
+        self.origin_lookup(key, location, span, common)
     }
 
-    /// [`Self::origin`] when the key is not the last one looked up.
     #[inline(never)]
     fn origin_lookup(
         &mut self,
         key: (usize, usize),
         location: &'static Location<'static>,
-        span_name: Option<&'static str>,
-        settings: &Settings,
+        span: Option<&'static tracing::Metadata<'static>>,
+        common: &Common,
     ) -> u32 {
         let origin = match self.origin_of.get(&key) {
             Some(&origin) => origin,
             None => {
-                let stats_slot = self.stats_slot(location, span_name, settings);
+                let (site, rank) = common.sites.admit(CallSite::from(location));
+                let stats_key = StatsKey {
+                    site,
+                    span: span.map(|m| m.name()),
+                };
                 self.origins.push(Origin {
                     location,
-                    stats_slot,
+                    span,
+                    key: stats_key,
+                    rank,
                 });
+                self.deltas.push(SiteDelta::new(stats_key));
+                #[cfg(feature = "leak-report")]
+                self.stack_counters.push(common.sites.stack_counter(site));
                 let origin = (self.origins.len() - 1) as u32;
                 self.origin_of.insert(key, origin);
                 origin
@@ -337,87 +329,68 @@ impl ShardState {
         origin
     }
 
-    /// The statistics slot of a new origin: its site's (or the overflow
-    /// bucket's) within its span name, created on first sight.
-    fn stats_slot(
-        &mut self,
-        location: &'static Location<'static>,
-        span_name: Option<&'static str>,
-        settings: &Settings,
-    ) -> u32 {
-        let (site, rank) = settings.interner.admit(CallSite::from(location));
-        // Another address of the same site (or the overflow bucket) may
-        // already have a slot in this shard.
-        let existing = self
-            .sites
-            .iter()
-            .position(|s| s.site == site && s.span == span_name);
-        if let Some(slot) = existing {
-            return slot as u32;
+    fn span_parts(
+        span: Option<SpanRef>,
+    ) -> (
+        Option<&'static tracing::Metadata<'static>>,
+        Option<NonZeroU64>,
+    ) {
+        match span {
+            Some(span) => (Some(span.metadata), Some(span.id)),
+            None => (None, None),
         }
-        #[cfg(feature = "metrics")]
-        let stats = SiteStats::new(site, span_name, settings.metrics.site_handles(site, rank));
-        #[cfg(not(feature = "metrics"))]
-        let stats = {
-            let _ = rank;
-            SiteStats::new(site, span_name)
-        };
-        self.sites.push(stats);
-        #[cfg(feature = "leak-report")]
-        self.stack_counters
-            .push(settings.interner.stack_counter(site));
-        (self.sites.len() - 1) as u32
     }
 
-    /// The statistics of an origin.
+    /// An origin's delta, marked touched (listed for the drain on its
+    /// first touch).
     #[inline]
-    fn stats_of(&mut self, origin: u32) -> &mut SiteStats {
-        let slot = self.origins[origin as usize].stats_slot;
-        &mut self.sites[slot as usize]
+    fn delta(&mut self, origin: u32) -> &mut SiteDelta {
+        let delta = &mut self.deltas[origin as usize];
+        if !delta.touched {
+            delta.touched = true;
+            self.touched.push(origin);
+        }
+        delta
     }
 
-    /// Every outstanding checkout, with its site and acquire time.
-    pub(crate) fn iter_held(&self) -> impl Iterator<Item = Held<'_>> + '_ {
-        self.outstanding.iter().map(|(key, entry)| Held {
-            entry,
-            location: self.origins[entry.origin as usize].location,
-            acquired: self.acquired[key],
-        })
-    }
-
-    /// Guard ids interleave the shards (`seq * shards + shard + 1`), so they
-    /// are unique per pool without a shared counter, and never 0.
+    /// Opens a checkout record. Guard ids interleave the shards
+    /// (`seq * shards + shard + 1`), so they are unique per pool without a
+    /// shared counter, and never 0.
     #[inline]
     pub(crate) fn open(
         &mut self,
         (shard_index, shard_count): (u64, u64),
         checkout: Checkout,
-        settings: &Settings,
-    ) -> (usize, u64) {
+        common: &Common,
+    ) -> (usize, u64, Option<u32>) {
         let id = self.next_seq * shard_count + shard_index + 1;
         self.next_seq += 1;
-        let origin = self.origin(
-            checkout.location,
-            checkout.span.map(SpanRef::info),
-            settings,
-        );
-        self.stats_of(origin).record_checkout(checkout.waited);
+        let (metadata, span_id) = Self::span_parts(checkout.span);
+        let origin = self.origin(checkout.location, metadata, common);
+        self.delta(origin).record_checkout(checkout.waited);
+        let connection = match checkout.connection {
+            Some(key) => self.connections.checkout(key, common),
+            None => NO_CONNECTION,
+        };
         let key = self.outstanding.insert(Outstanding {
             id: NonZeroU64::new(id).expect("ids start at 1"),
-            span: checkout.span,
+            span_id,
+            task: checkout.task,
             origin,
-            activity: None,
+            connection,
+            opened_while_panicking: checkout.panicking,
             #[cfg(feature = "leak-report")]
             flagged: 0,
             #[cfg(feature = "leak-report")]
+            reported: 0,
+            #[cfg(feature = "leak-report")]
             stack: None,
         });
-        let acquired = checkout.acquired;
         match self.acquired.get_mut(key) {
-            Some(slot) => *slot = acquired,
-            None => self.acquired.push(acquired), // the slab grew by one
+            Some(slot) => *slot = checkout.acquired,
+            None => self.acquired.push(checkout.acquired), // the slab grew by one
         }
-        (key, id)
+        (key, id, self.origins[origin as usize].rank)
     }
 
     /// Closes a checkout record. `None` only if the key is not outstanding,
@@ -427,24 +400,358 @@ impl ShardState {
         let entry = self.outstanding.try_remove(key)?;
         let acquired = std::mem::replace(&mut self.acquired[key], Ticks::NEVER);
         let held = acquired.until(now);
-        let activity = entry.activity.as_ref().map(|a| Box::new(a.summary(now)));
-        let location = self.origins[entry.origin as usize].location;
-        let stats = self.stats_of(entry.origin);
-        stats.record_close(held, outcome);
-        if let Some(activity) = &activity {
-            stats.record_activity(activity);
+        // A checkout made while already unwinding is not a hold the panic
+        // dropped.
+        let outcome = match outcome {
+            Outcome::DroppedWhilePanicking if entry.opened_while_panicking => Outcome::Returned,
+            outcome => outcome,
+        };
+        let in_tick = acquired.max(self.drained_at).until(now);
+        let mut ended = self.end_activity(&entry, now);
+        if !self.transactions.is_empty() {
+            // A watched transaction still open at return (leaked): its
+            // site names where it was begun.
+            if let Some(open) = self.transactions.iter().position(|t| t.key == key) {
+                let open = self.transactions.swap_remove(open);
+                if let Some((_, activity)) = &mut ended {
+                    activity.transaction_site = Some(open.site);
+                }
+            }
         }
+        let origin = self.origins[entry.origin as usize];
+        let delta = self.delta(entry.origin);
+        delta.record_close(held, outcome);
+        let (activity, poisoned) = match ended {
+            Some((tick, activity)) => {
+                delta
+                    .usage
+                    .add_hold(in_tick, Some((tick.busy, tick.idle_in_transaction)));
+                let db = &mut delta.counts.database;
+                db.observed_holds += 1;
+                db.busy_total += activity.hold.busy;
+                db.idle_in_transaction_total += activity.hold.idle_in_transaction;
+                db.statements += activity.hold.statements;
+                let in_flight = activity.in_flight > 0;
+                let open = activity.transaction.is_open();
+                db.in_flight_at_return += u64::from(in_flight);
+                db.open_transaction_at_return += u64::from(open);
+                (Some(activity), in_flight || open)
+            }
+            None => {
+                delta.usage.add_hold(in_tick, None);
+                (None, false)
+            }
+        };
         Some(Closed {
             id: entry.id.get(),
-            location,
-            span: entry.span,
+            site_rank: origin.rank,
+            location: origin.location,
+            span: origin.span(entry.span_id),
+            outcome,
             held,
             activity,
-            evict: false,
+            poisoned,
             #[cfg(feature = "leak-report")]
-            flagged: entry.flagged > 0,
+            flagged: entry.reported,
             #[cfg(feature = "leak-report")]
             stack: entry.stack,
+        })
+    }
+
+    /// Ends the hold on the entry's connection: the tick's part and what
+    /// the hold did.
+    fn end_activity(
+        &mut self,
+        entry: &Outstanding,
+        now: Ticks,
+    ) -> Option<(super::connection::Totals, EndedActivity)> {
+        if entry.connection == NO_CONNECTION {
+            return None;
+        }
+        let activity = self.connections.activity(entry.connection);
+        let end = activity.map(|a| a.end_hold(now));
+        let observation_lost = activity.and_then(|a| a.take_lost_report());
+        self.connections.release(entry.connection);
+        let end = end?;
+        let reading = end.reading;
+        let poisoned = reading.in_flight > 0 || reading.transaction.is_open();
+        let last_statement = if poisoned && end.hold.statements > 0 {
+            reading.last_statement
+        } else {
+            None
+        };
+        Some((
+            end.tick,
+            EndedActivity {
+                hold: end.hold,
+                in_flight: reading.in_flight,
+                transaction: reading.transaction,
+                backend_pid: reading.backend_pid,
+                last_statement,
+                transaction_site: None,
+                observation_lost,
+            },
+        ))
+    }
+
+    fn holder(&self, key: usize, entry: &Outstanding, now: Ticks) -> Holder {
+        let origin = self.origins[entry.origin as usize];
+        let acquired = self.acquired[key];
+        let activity = self.connections.activity(entry.connection).map(|a| {
+            let (so_far, reading) = a.hold_so_far(now);
+            HeldActivity {
+                last_call_ended: reading
+                    .last_call_ended
+                    .filter(|&ended| ended >= acquired && so_far.statements > 0),
+                last_statement: if so_far.statements > 0 {
+                    reading.last_statement
+                } else {
+                    None
+                },
+                so_far,
+                in_flight: reading.in_flight,
+                transaction: reading.transaction,
+                backend_pid: reading.backend_pid,
+            }
+        });
+        Holder {
+            id: entry.id.get(),
+            location: origin.location,
+            key: origin.key,
+            span: origin.span(entry.span_id),
+            acquired,
+            activity,
+        }
+    }
+
+    /// Copies every outstanding checkout into `out`.
+    pub(crate) fn holders(&self, now: Ticks, out: &mut Vec<Holder>) {
+        out.extend(
+            self.outstanding
+                .iter()
+                .map(|(key, entry)| self.holder(key, entry, now)),
+        );
+    }
+
+    /// Copies every waiting acquire into `out`.
+    pub(crate) fn waiters(&self, out: &mut Vec<Waiter>) {
+        out.extend(self.pending.iter().map(|(_, p)| {
+            let origin = self.origins[p.origin as usize];
+            Waiter {
+                location: origin.location,
+                span: origin.span(p.span_id),
+                since: p.since,
+                nested: p.nested,
+                queued: p.queued,
+            }
+        }));
+    }
+
+    /// The first outstanding checkout held by `task`, if any.
+    pub(crate) fn held_by(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
+        self.outstanding
+            .iter()
+            .find(|(_, e)| e.task == Some(task))
+            .map(|(key, entry)| self.holder(key, entry, now))
+    }
+
+    pub(crate) fn outstanding_count(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// An acquire had to wait: it is pending until [`Self::wait_ended`].
+    pub(crate) fn wait_started(
+        &mut self,
+        location: &'static Location<'static>,
+        span: Option<SpanRef>,
+        since: Ticks,
+        nested: bool,
+        queued: bool,
+        common: &Common,
+    ) -> usize {
+        let (metadata, span_id) = Self::span_parts(span);
+        let origin = self.origin(location, metadata, common);
+        if nested {
+            self.delta(origin).record_nested();
+        }
+        self.pending.insert(Pending {
+            origin,
+            span_id,
+            since,
+            nested,
+            queued,
+        })
+    }
+
+    /// A pending acquire ended at `now`: served, failed or cancelled. Its
+    /// share of the tick is recorded here; a failure or cancellation also
+    /// counts against its site (a served one is counted by its checkout).
+    pub(crate) fn wait_ended(
+        &mut self,
+        key: usize,
+        now: Ticks,
+        ending: WaitEnding,
+    ) -> Option<(Duration, bool)> {
+        let pending = self.pending.try_remove(key)?;
+        let waited = pending.since.until(now);
+        let in_tick = pending.since.max(self.drained_at).until(now);
+        let delta = self.delta(pending.origin);
+        if pending.queued {
+            delta.record_waited_in_tick(in_tick);
+        }
+        match ending {
+            WaitEnding::Served => {}
+            WaitEnding::Failed(failure) => delta.record_failure(waited, failure),
+            WaitEnding::Cancelled => delta.record_cancelled(waited),
+        }
+        Some((waited, pending.queued))
+    }
+
+    /// An acquire failed without having waited.
+    pub(crate) fn record_failure(
+        &mut self,
+        location: &'static Location<'static>,
+        span: Option<SpanRef>,
+        failure: AcquireFailure,
+        common: &Common,
+    ) {
+        let (metadata, _) = Self::span_parts(span);
+        let origin = self.origin(location, metadata, common);
+        self.delta(origin).record_failure(Duration::ZERO, failure);
+    }
+
+    /// Swaps the deltas out (for `spare`, reset and as long as `origins`),
+    /// adds the share of the tick of the holds and waits still in
+    /// progress, and moves the tick boundary to `now`.
+    pub(crate) fn drain(&mut self, now: Ticks, mut spare: Vec<SiteDelta>) -> Drained {
+        // New origins since the last drain get their slot (the only
+        // allocation under the lock, once per origin).
+        for origin in &self.origins[spare.len().min(self.origins.len())..] {
+            spare.push(SiteDelta::new(origin.key));
+        }
+        std::mem::swap(&mut self.deltas, &mut spare);
+        let mut touched = std::mem::take(&mut self.touched);
+        let since = self.drained_at;
+        let mut touch = |spare: &mut Vec<SiteDelta>, origin: u32| {
+            let delta = &mut spare[origin as usize];
+            if !delta.touched {
+                delta.touched = true;
+                touched.push(origin);
+            }
+        };
+        for (key, entry) in self.outstanding.iter() {
+            let in_tick = self.acquired[key].max(since).until(now);
+            let observed = self.connections.activity(entry.connection).map(|a| {
+                let tick = a.tick_mark(now);
+                (tick.busy, tick.idle_in_transaction)
+            });
+            touch(&mut spare, entry.origin);
+            spare[entry.origin as usize]
+                .usage
+                .add_hold(in_tick, observed);
+        }
+        for (_, pending) in self.pending.iter().filter(|(_, p)| p.queued) {
+            touch(&mut spare, pending.origin);
+            spare[pending.origin as usize]
+                .record_waited_in_tick(pending.since.max(since).until(now));
+        }
+        self.drained_at = now;
+        Drained {
+            at: now,
+            deltas: spare,
+            touched,
+        }
+    }
+
+    /// A watched transaction began on checkout `key` (nested ones only
+    /// count their ending).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+    pub(crate) fn transaction_began(
+        &mut self,
+        key: usize,
+        site: &'static Location<'static>,
+        now: Ticks,
+    ) {
+        let Some(entry) = self.outstanding.get(key) else {
+            return;
+        };
+        if let Some(open) = self.transactions.iter_mut().find(|t| t.key == key) {
+            open.depth += 1;
+            return;
+        }
+        let idle_at_start = self
+            .connections
+            .activity(entry.connection)
+            .map(|a| a.reading(now).totals.idle_in_transaction);
+        self.transactions.push(OpenTransaction {
+            key,
+            since: now,
+            site,
+            idle_at_start,
+            depth: 0,
+        });
+    }
+
+    /// A watched transaction of checkout `key` ended. Returns the
+    /// outermost one's record, for its event.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+    pub(crate) fn transaction_ended(
+        &mut self,
+        key: usize,
+        ending: TransactionEnding,
+        now: Ticks,
+    ) -> Option<TransactionEnded> {
+        let entry = self.outstanding.get(key)?;
+        let (origin_index, connection, id, span_id) = (
+            entry.origin,
+            entry.connection,
+            entry.id.get(),
+            entry.span_id,
+        );
+        let index = self.transactions.iter().position(|t| t.key == key)?;
+        let open = &mut self.transactions[index];
+        if open.depth > 0 {
+            open.depth -= 1;
+            self.delta(origin_index).record_transaction(
+                ending,
+                Duration::ZERO,
+                Duration::ZERO,
+                false,
+            );
+            return None;
+        }
+        let open = self.transactions.swap_remove(index);
+        let duration = open.since.until(now);
+        let reading = self
+            .connections
+            .activity(connection)
+            .map(|a| a.reading(now));
+        let idle = match (&reading, open.idle_at_start) {
+            (Some(r), Some(start)) => Some(
+                r.totals
+                    .idle_in_transaction
+                    .saturating_sub(start)
+                    .min(duration),
+            ),
+            _ => None,
+        };
+        self.delta(origin_index).record_transaction(
+            ending,
+            duration,
+            idle.unwrap_or_default(),
+            true,
+        );
+        let origin = self.origins[origin_index as usize];
+        Some(TransactionEnded {
+            guard: id,
+            location: origin.location,
+            span: origin.span(span_id),
+            ending,
+            site: open.site,
+            duration,
+            idle,
+            backend_pid: reading.as_ref().and_then(|r| r.backend_pid),
+            last_statement: reading.and_then(|r| r.last_statement),
         })
     }
 
@@ -455,9 +762,8 @@ impl ShardState {
         let Some(entry) = self.outstanding.get(key) else {
             return false;
         };
-        let slot = self.origins[entry.origin as usize].stats_slot;
-        let seen = self.stack_counters[slot as usize].fetch_add(1, Ordering::Relaxed);
-        mode.wants(seen)
+        let counter = &self.stack_counters[entry.origin as usize];
+        mode.wants(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Attaches a stack captured outside the lock.
@@ -467,229 +773,196 @@ impl ShardState {
             entry.stack = Some(stack);
         }
     }
-
-    /// Flags every guard that crossed a new escalation level and copies it
-    /// into `out`. Reads the acquire-time column: one comparison per guard,
-    /// and the entry itself only for the overdue ones.
-    #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_overdue(&mut self, cutoffs: &Cutoffs, out: &mut Vec<Flagged>) {
-        let Some(first) = cutoffs.first() else {
-            return; // nothing can have been held that long yet
-        };
-        // Almost no chunk holds an overdue guard: one test per chunk that
-        // the compiler turns into vector compares, then the chunk's keys
-        // one by one only when it does.
-        const CHUNK: usize = 16;
-        for (index, chunk) in self.acquired.chunks(CHUNK).enumerate() {
-            // `fold`, not `any`: no early exit, so it vectorizes.
-            let overdue = chunk
-                .iter()
-                .fold(false, |any, &acquired| any | (acquired <= first));
-            if !overdue {
-                continue; // none overdue (free keys are `NEVER`)
-            }
-            for (offset, &acquired) in chunk.iter().enumerate() {
-                if acquired > first {
-                    continue;
-                }
-                let level = cutoffs.level_of(acquired);
-                let entry = &mut self.outstanding[index * CHUNK + offset];
-                if level > entry.flagged {
-                    entry.flagged = level;
-                    let held = Held {
-                        location: self.origins[entry.origin as usize].location,
-                        entry,
-                        acquired,
-                    };
-                    out.push(Flagged::of(held, cutoffs.now));
-                }
-            }
-        }
-    }
-
-    /// A database call started on checkout `key`. Returns whether the
-    /// checkout does not know its connection yet (the caller then looks up
-    /// the backend pid and calls [`Self::set_connection`]).
-    pub(crate) fn call_started(&mut self, key: usize, now: Ticks, statement: Option<&str>) -> bool {
-        match self.outstanding.get_mut(key) {
-            Some(entry) => {
-                entry.activity_mut().call_started(now, statement);
-                entry.activity().connection == 0
-            }
-            None => false,
-        }
-    }
-
-    /// A call ended: ran to completion, or was dropped mid-call. A
-    /// completed call's `transaction_effect` (raw `BEGIN`/`COMMIT`) applies.
-    pub(crate) fn call_ended(
-        &mut self,
-        key: usize,
-        now: Ticks,
-        completed: bool,
-        transaction_effect: Option<bool>,
-    ) {
-        if let Some(entry) = self.outstanding.get_mut(key) {
-            entry.activity_mut().call_ended(now, completed);
-            if let (true, Some(open)) = (completed, transaction_effect) {
-                entry.activity_mut().raw_transaction = open;
-            }
-        }
-    }
-
-    pub(crate) fn set_connection(&mut self, key: usize, connection: usize, pid: Option<i32>) {
-        if let Some(entry) = self.outstanding.get_mut(key) {
-            entry.activity_mut().connection = connection;
-            entry.activity_mut().backend_pid = pid;
-        }
-    }
-
-    pub(crate) fn transaction_began(
-        &mut self,
-        key: usize,
-        now: Ticks,
-        site: &'static Location<'static>,
-    ) {
-        if let Some(entry) = self.outstanding.get_mut(key) {
-            entry.activity_mut().transaction_began(now, site);
-        }
-    }
-
-    /// The instrumented transaction of checkout `key` ended; its time goes
-    /// to the checkout's call-site statistics.
-    pub(crate) fn transaction_ended(
-        &mut self,
-        key: usize,
-        now: Ticks,
-        ending: TransactionEnding,
-    ) -> Option<(TransactionHolder, TransactionEnded)> {
-        let entry = self.outstanding.get_mut(key)?;
-        let ended = entry.activity_mut().transaction_ended(now, ending)?;
-        let holder = TransactionHolder {
-            id: entry.id.get(),
-            location: self.origins[entry.origin as usize].location,
-            span: entry.span,
-            backend_pid: entry.activity().backend_pid,
-            last_statement: entry.activity().last_statement,
-        };
-        let origin = entry.origin;
-        self.stats_of(origin).record_transaction(&ended);
-        Some((holder, ended))
-    }
-
-    /// A nested transaction (savepoint) ended; only its ending is counted.
-    pub(crate) fn savepoint_ended(&mut self, key: usize, ending: TransactionEnding) {
-        if let Some(origin) = self.outstanding.get(key).map(|e| e.origin) {
-            self.stats_of(origin).record_savepoint(ending);
-        }
-    }
-
-    /// An open transaction was found at recycle that the holder's own
-    /// tracking had not reported: count it against the holder's site.
-    pub(crate) fn record_unreported_open_transaction(
-        &mut self,
-        location: &'static Location<'static>,
-        settings: &Settings,
-    ) {
-        // The recycle hook does not know the holder's span.
-        let origin = self.origin(location, None, settings);
-        self.stats_of(origin).record_unreported_open_transaction();
-    }
-
-    /// Copies every outstanding guard into `out` for the never-returned
-    /// report, marking each as flagged so its return (if any) says so.
-    #[cfg(feature = "leak-report")]
-    pub(crate) fn flag_all(&mut self, now: Ticks, out: &mut Vec<Flagged>) {
-        for (_, entry) in self.outstanding.iter_mut() {
-            entry.flagged = entry.flagged.max(1);
-        }
-        out.extend(self.iter_held().map(|held| Flagged::of(held, now)));
-    }
-
-    pub(crate) fn record_failure(
-        &mut self,
-        location: &'static Location<'static>,
-        span: Option<SpanInfo>,
-        waited: Duration,
-        failure: AcquireFailure,
-        settings: &Settings,
-    ) {
-        let origin = self.origin(location, span, settings);
-        self.stats_of(origin).record_failure(waited, failure);
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    #[cfg(feature = "leak-report")]
+/// How a pending acquire ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitEnding {
+    Served,
+    Failed(AcquireFailure),
+    Cancelled,
+}
+
+#[cfg(feature = "leak-report")]
+pub(crate) use flags::{Cutoffs, Overdue, Unreported};
+
+/// The watchdog's side (`leak-report`): marking overdue guards during a
+/// scan, confirming a flag just before it is reported.
+#[cfg(feature = "leak-report")]
+mod flags {
     use super::*;
-    #[cfg(feature = "leak-report")]
-    use std::time::Instant;
 
-    /// The scan reads the acquire-time column: a closed checkout's key is
-    /// never flagged, and a key reused by a newer checkout carries the
-    /// newer acquire time.
-    #[test]
-    #[cfg(feature = "leak-report")]
-    fn scan_column_follows_opens_and_closes() {
-        let config = crate::WatchConfig::builder()
-            .timeline_tick(None)
-            .build()
-            .unwrap();
-        let settings = Arc::clone(&super::super::Ledger::new(&config).settings);
-        let mut state = ShardState::new();
-        let threshold = Duration::from_secs(10);
-        let base = Instant::now() + Duration::from_secs(100);
-        let early = Ticks::of(base);
-        let open = |state: &mut ShardState, at: Ticks| {
-            let checkout = Checkout {
-                location: Location::caller(),
-                span: None,
-                waited: Duration::ZERO,
-                acquired: at,
-            };
-            state.open((0, 1), checkout, &settings)
-        };
-        let (_, first) = open(&mut state, early);
-        let (middle_key, _) = open(&mut state, early);
-        let (third_key, _) = open(&mut state, early);
-        let (_, fourth) = open(&mut state, early);
-        state.close(third_key, Outcome::Returned, early).unwrap();
-        state.close(middle_key, Outcome::Returned, early).unwrap();
-        // The freed key is reused by a checkout acquired much later.
-        let late = Ticks::of(base + 3 * threshold);
-        let (reused_key, _) = open(&mut state, late);
-        assert_eq!(reused_key, middle_key);
-
-        let mut flagged = Vec::new();
-        // The early ones are overdue.
-        let now = Ticks::of(base + 2 * threshold);
-        state.flag_overdue(&Cutoffs::new(now, threshold), &mut flagged);
-        let mut ids: Vec<u64> = flagged.iter().map(|f| f.id).collect();
-        ids.sort();
-        assert_eq!(ids, [first, fourth]);
-        assert!(flagged
-            .iter()
-            .all(|f| f.level == 1 && f.held == 2 * threshold));
-
-        // Flagged once per level: the same scan again flags nothing.
-        flagged.clear();
-        state.flag_overdue(&Cutoffs::new(now, threshold), &mut flagged);
-        assert!(flagged.is_empty());
+    /// The instants a scan compares acquire times with, computed once per
+    /// scan: a guard acquired before `at[k]` has been held past the
+    /// threshold times [`Cutoffs::FACTORS`]`[k]`.
+    pub(crate) struct Cutoffs {
+        at: [Option<Ticks>; Cutoffs::LEVELS as usize],
     }
 
-    /// The per-guard memory budget: 64 bytes with the acquire-time column
-    /// (8), stack pointer included (the frames themselves live behind it).
-    #[test]
-    #[cfg(target_pointer_width = "64")]
-    fn outstanding_entry_stays_small() {
-        let entry = std::mem::size_of::<super::Outstanding>();
-        let column = std::mem::size_of::<super::Ticks>();
-        let budget = if cfg!(feature = "leak-report") {
-            64
-        } else {
-            48
-        };
-        assert!(entry + column <= budget, "{entry} + {column} bytes");
+    impl Cutoffs {
+        /// Bounded escalation: flagged at 1×, 4× and 16× the threshold.
+        pub(crate) const FACTORS: [u32; 3] = [1, 4, 16];
+        pub(crate) const LEVELS: u8 = 3;
+
+        pub(crate) fn new(now: Ticks, threshold: Duration) -> Self {
+            let at = Self::FACTORS.map(|k| {
+                threshold
+                    .checked_mul(k)
+                    .and_then(|held| now.checked_sub(held))
+            });
+            Self { at }
+        }
+
+        /// The first cutoff: a guard acquired after it is not overdue at
+        /// all (the scan's one comparison for almost every guard).
+        #[inline]
+        fn first(&self) -> Option<Ticks> {
+            self.at[0]
+        }
+
+        /// How many levels a guard acquired at `acquired` has crossed.
+        fn level_of(&self, acquired: Ticks) -> u8 {
+            self.at
+                .iter()
+                .take_while(|cutoff| cutoff.is_some_and(|c| acquired <= c))
+                .count() as u8
+        }
+    }
+
+    /// A guard that crossed a new escalation level: what the watchdog
+    /// reports once it confirms the guard is still held.
+    #[derive(Clone, Debug)]
+    pub(crate) struct Overdue {
+        pub(crate) key: usize,
+        pub(crate) id: u64,
+        pub(crate) level: u8,
+        /// Copied for the reporter to symbolise before it confirms.
+        pub(crate) stack: Option<RawStack>,
+    }
+
+    /// What a scan marked but did not copy out, per site.
+    #[derive(Debug, Default)]
+    pub(crate) struct Unreported {
+        pub(crate) by_site: Vec<(CallSite, u64, Ticks)>,
+        /// Guards flagged for the first time (level 1), copied or not.
+        pub(crate) first_flags: u64,
+    }
+
+    impl Unreported {
+        pub(crate) fn total(&self) -> u64 {
+            self.by_site.iter().map(|(_, n, _)| n).sum()
+        }
+
+        fn add(&mut self, site: CallSite, acquired: Ticks) {
+            match self.by_site.iter_mut().find(|(s, _, _)| *s == site) {
+                Some((_, n, oldest)) => {
+                    *n += 1;
+                    *oldest = (*oldest).min(acquired);
+                }
+                None => self.by_site.push((site, 1, acquired)),
+            }
+        }
+    }
+
+    impl ShardState {
+        /// Marks every guard that crossed a new escalation level, from
+        /// slab key `start` on; copies at most `budget` of them into `out`
+        /// (the rest are only marked, and counted in `unreported`). Stops
+        /// after `limit` keys so one lock hold stays short; returns the
+        /// next key to scan (`None` when done).
+        pub(crate) fn flag_overdue(
+            &mut self,
+            cutoffs: &Cutoffs,
+            start: usize,
+            limit: usize,
+            budget: &mut usize,
+            out: &mut Vec<Overdue>,
+            unreported: &mut Unreported,
+        ) -> Option<usize> {
+            let Some(first) = cutoffs.first() else {
+                return None; // nothing can be that old yet
+            };
+            // Almost no chunk holds an overdue guard: one test per chunk
+            // that the compiler turns into vector compares, then the
+            // chunk's keys one by one only when it does.
+            const CHUNK: usize = 16;
+            let end = start
+                .saturating_add(limit.max(CHUNK))
+                .min(self.acquired.len());
+            for base in (start..end).step_by(CHUNK) {
+                let chunk = &self.acquired[base..(base + CHUNK).min(end)];
+                // `fold`, not `any`: no early exit, so it vectorizes.
+                let overdue = chunk
+                    .iter()
+                    .fold(false, |any, &acquired| any | (acquired <= first));
+                if !overdue {
+                    continue; // none overdue (free keys are `NEVER`)
+                }
+                for (offset, &acquired) in chunk.iter().enumerate() {
+                    if acquired > first {
+                        continue;
+                    }
+                    let key = base + offset;
+                    let level = cutoffs.level_of(acquired);
+                    let Some(entry) = self.outstanding.get_mut(key) else {
+                        continue;
+                    };
+                    if level <= entry.flagged {
+                        continue;
+                    }
+                    if entry.flagged == 0 {
+                        unreported.first_flags += 1;
+                    }
+                    entry.flagged = level;
+                    let site = CallSite::from(self.origins[entry.origin as usize].location);
+                    if *budget > 0 {
+                        *budget -= 1;
+                        out.push(Overdue {
+                            key,
+                            id: entry.id.get(),
+                            level,
+                            stack: entry.stack.clone(),
+                        });
+                    } else {
+                        unreported.add(site, acquired);
+                    }
+                }
+            }
+            (end < self.acquired.len()).then_some(end)
+        }
+
+        /// Confirms a flag right before it is reported: the guard is still
+        /// held (same id) and the level not reported yet. Marks it
+        /// reported and returns the guard and its stack.
+        pub(crate) fn confirm_flag(
+            &mut self,
+            key: usize,
+            id: u64,
+            level: u8,
+            now: Ticks,
+        ) -> Option<(Holder, Option<RawStack>)> {
+            let entry = self.outstanding.get_mut(key)?;
+            if entry.id.get() != id || level <= entry.reported {
+                return None;
+            }
+            entry.reported = level;
+            let stack = entry.stack.clone();
+            let entry = &self.outstanding[key];
+            Some((self.holder(key, entry, now), stack))
+        }
+
+        /// Marks every outstanding guard reported (the pool closed or its
+        /// last handle went: they were never returned) and copies them.
+        pub(crate) fn flag_all(&mut self, now: Ticks, out: &mut Vec<(Holder, Option<RawStack>)>) {
+            for (_, entry) in self.outstanding.iter_mut() {
+                entry.flagged = entry.flagged.max(1);
+                entry.reported = entry.reported.max(1);
+            }
+            out.extend(
+                self.outstanding
+                    .iter()
+                    .map(|(key, entry)| (self.holder(key, entry, now), entry.stack.clone())),
+            );
+        }
     }
 }

@@ -1,17 +1,29 @@
-//! Per-call-site statistics kept in each shard and merged on read.
+//! Statistics, as plain data: what a shard records per origin between two
+//! drains ([`SiteDelta`]), and the mergeable parts the archive keeps
+//! ([`Counts`], [`Usage`], [`Distributions`]).
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::activity::{ActivitySummary, TransactionEnded, TransactionEnding};
 use crate::outcome::{AcquireFailure, FailureCounts, Outcome, OutcomeCounts};
 use crate::site::CallSite;
-use crate::snapshot::{DatabaseStats, LatencySummary, SiteSnapshot, SpanSnapshot};
 
 /// Two significant figures (under 1 % error) with auto-resize: a histogram
 /// starts at a few kilobytes and grows only to the largest value seen.
 const SIGNIFICANT_FIGURES: u8 = 2;
+
+/// What statistics are kept by: a call site (or the overflow bucket) and
+/// the name of the span it was reached in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct StatsKey {
+    pub(crate) site: CallSite,
+    pub(crate) span: Option<&'static str>,
+}
+
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new(SIGNIFICANT_FIGURES).expect("2 significant figures is a valid histogram")
+}
 
 /// Latencies are recorded in microseconds. `record` grows an auto-resizing
 /// histogram (`saturating_record` would clamp to its current range); the
@@ -28,175 +40,312 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
     }
 }
 
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new(SIGNIFICANT_FIGURES).expect("2 significant figures is a valid histogram")
+/// What the holds did in the database, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DatabaseCounts {
+    /// Ended holds whose connection was observed.
+    pub(crate) observed_holds: u64,
+    pub(crate) busy_total: Duration,
+    pub(crate) idle_in_transaction_total: Duration,
+    pub(crate) statements: u64,
+    pub(crate) open_transaction_at_return: u64,
+    pub(crate) in_flight_at_return: u64,
+    pub(crate) committed: u64,
+    pub(crate) rolled_back: u64,
+    pub(crate) rolled_back_by_drop: u64,
+    /// Time inside watched transactions (outermost), and the idle part.
+    pub(crate) transaction_total: Duration,
+    pub(crate) transaction_idle_total: Duration,
 }
 
-/// Statistics of one call site within one shard.
-#[derive(Clone, Debug)]
-pub(crate) struct SiteStats {
-    pub(crate) site: CallSite,
-    /// The span name the checkouts were made in.
-    pub(crate) span: Option<&'static str>,
+impl DatabaseCounts {
+    pub(crate) fn merge(&mut self, other: &DatabaseCounts) {
+        self.observed_holds += other.observed_holds;
+        self.busy_total += other.busy_total;
+        self.idle_in_transaction_total += other.idle_in_transaction_total;
+        self.statements += other.statements;
+        self.open_transaction_at_return += other.open_transaction_at_return;
+        self.in_flight_at_return += other.in_flight_at_return;
+        self.committed += other.committed;
+        self.rolled_back += other.rolled_back;
+        self.rolled_back_by_drop += other.rolled_back_by_drop;
+        self.transaction_total += other.transaction_total;
+        self.transaction_idle_total += other.transaction_idle_total;
+    }
+}
+
+/// How a transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+pub(crate) enum TransactionEnding {
+    Committed,
+    RolledBack,
+    /// Dropped without commit or rollback: the `?` early-return path.
+    RolledBackByDrop,
+}
+
+impl TransactionEnding {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TransactionEnding::Committed => "committed",
+            TransactionEnding::RolledBack => "rolled_back",
+            TransactionEnding::RolledBackByDrop => "rolled_back_by_drop",
+        }
+    }
+}
+
+/// Counters of one key: everything but distributions and connection time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
     pub(crate) checkouts: u64,
+    /// Holds that ended, and their time added up.
+    pub(crate) holds: u64,
+    pub(crate) hold_total: Duration,
+    pub(crate) longest_hold: Duration,
+    pub(crate) outcomes: OutcomeCounts,
+    pub(crate) failures: FailureCounts,
+    /// Acquires given up by their caller (the future dropped while it
+    /// waited), and how long they had waited.
+    pub(crate) cancelled: u64,
+    pub(crate) cancelled_wait: Duration,
+    /// Acquires that waited at all, and the longest wait.
+    pub(crate) waits: u64,
+    pub(crate) longest_wait: Duration,
+    /// Checkouts requested while the same task already held a guard of
+    /// the pool (self-deadlock risk).
+    pub(crate) nested: u64,
+    pub(crate) database: DatabaseCounts,
+}
+
+impl Counts {
+    pub(crate) fn merge(&mut self, other: &Counts) {
+        self.checkouts += other.checkouts;
+        self.holds += other.holds;
+        self.hold_total += other.hold_total;
+        self.longest_hold = self.longest_hold.max(other.longest_hold);
+        self.outcomes.merge(&other.outcomes);
+        self.failures.merge(&other.failures);
+        self.cancelled += other.cancelled;
+        self.cancelled_wait += other.cancelled_wait;
+        self.waits += other.waits;
+        self.longest_wait = self.longest_wait.max(other.longest_wait);
+        self.nested += other.nested;
+        self.database.merge(&other.database);
+    }
+
+    /// Holds that ended on an error or cleanup path.
+    pub(crate) fn error_paths(&self) -> u64 {
+        self.outcomes.dropped_while_panicking
+            + self.database.rolled_back_by_drop
+            + self.database.open_transaction_at_return
+            + self.database.in_flight_at_return
+    }
+}
+
+/// Connection time by what the holder was doing, and the time callers
+/// spent waiting: the attribution of a tick, a window or an episode.
+/// `held` = `busy` + `idle_in_transaction` + `outside` + `unobserved`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Connection time held.
+    pub(crate) held: Duration,
+    /// Of that, with a database call in flight.
+    pub(crate) busy: Duration,
+    /// Inside a transaction with no call in flight.
+    pub(crate) idle_in_transaction: Duration,
+    /// On a connection nobody observes (not a pool poolwatch built), so
+    /// not known to be either.
+    pub(crate) unobserved: Duration,
+    /// Time callers waited for a connection.
+    pub(crate) waited: Duration,
+}
+
+impl Usage {
+    pub(crate) fn merge(&mut self, other: &Usage) {
+        self.held += other.held;
+        self.busy += other.busy;
+        self.idle_in_transaction += other.idle_in_transaction;
+        self.unobserved += other.unobserved;
+        self.waited += other.waited;
+    }
+
+    /// Held outside any database call and outside a transaction (known
+    /// only for observed connections).
+    pub(crate) fn outside(&self) -> Duration {
+        self.held
+            .saturating_sub(self.busy)
+            .saturating_sub(self.idle_in_transaction)
+            .saturating_sub(self.unobserved)
+    }
+
+    /// Connection time held in states that are not database work.
+    pub(crate) fn not_database_work(&self) -> Duration {
+        self.idle_in_transaction + self.outside()
+    }
+
+    /// Adds one hold's share of a tick. `busy` and `idle` are clamped to
+    /// what was held (readings of two clocks can disagree by a hair).
+    pub(crate) fn add_hold(&mut self, held: Duration, observed: Option<(Duration, Duration)>) {
+        self.held += held;
+        match observed {
+            Some((busy, idle)) => {
+                let busy = busy.min(held);
+                self.busy += busy;
+                self.idle_in_transaction += idle.min(held - busy);
+            }
+            None => self.unobserved += held,
+        }
+    }
+
+    pub(crate) fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+/// Wait and hold distributions.
+#[derive(Clone, Debug)]
+pub(crate) struct Distributions {
     /// Acquires that completed without waiting: counted here and added to
     /// `wait` only when read, since most checkouts on a healthy pool are
     /// these and a counter is cheaper than a histogram record.
     pub(crate) zero_waits: u64,
     pub(crate) wait: Histogram<u64>,
     pub(crate) hold: Histogram<u64>,
-    pub(crate) hold_total: Duration,
-    pub(crate) outcomes: OutcomeCounts,
-    pub(crate) failures: FailureCounts,
-    pub(crate) database: DatabaseStats,
-    /// Opt-in per-site metric handles.
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<crate::export::SiteMetrics>,
 }
 
-impl SiteStats {
-    pub(crate) fn new(
-        site: CallSite,
-        span: Option<&'static str>,
-        #[cfg(feature = "metrics")] metrics: Option<crate::export::SiteMetrics>,
-    ) -> Self {
+impl Default for Distributions {
+    fn default() -> Self {
         Self {
-            site,
-            span,
-            checkouts: 0,
             zero_waits: 0,
             wait: new_histogram(),
             hold: new_histogram(),
-            hold_total: Duration::ZERO,
-            outcomes: OutcomeCounts::default(),
-            failures: FailureCounts::default(),
-            database: DatabaseStats::default(),
-            #[cfg(feature = "metrics")]
-            metrics,
+        }
+    }
+}
+
+impl Distributions {
+    pub(crate) fn merge(&mut self, other: &Distributions) {
+        self.zero_waits += other.zero_waits;
+        // Both are auto-resizing, so adding cannot fail for lack of range.
+        let _ = self.wait.add(&other.wait);
+        let _ = self.hold.add(&other.hold);
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.zero_waits = 0;
+        self.wait.reset();
+        self.hold.reset();
+    }
+}
+
+/// What one shard recorded for one origin since the last drain. The hot
+/// path writes here; a drain swaps the whole vector out.
+#[derive(Clone, Debug)]
+pub(crate) struct SiteDelta {
+    pub(crate) key: StatsKey,
+    /// Anything recorded since the last reset (untouched deltas are
+    /// skipped by the merge).
+    pub(crate) touched: bool,
+    pub(crate) counts: Counts,
+    /// Connection time of holds that ended (or waits that ended) in this
+    /// tick, for their part inside the tick.
+    pub(crate) usage: Usage,
+    pub(crate) dist: Distributions,
+}
+
+impl SiteDelta {
+    pub(crate) fn new(key: StatsKey) -> Self {
+        Self {
+            key,
+            touched: false,
+            counts: Counts::default(),
+            usage: Usage::default(),
+            dist: Distributions::default(),
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        if self.touched {
+            self.touched = false;
+            self.counts = Counts::default();
+            self.usage = Usage::default();
+            self.dist.reset();
         }
     }
 
     #[inline]
     pub(crate) fn record_checkout(&mut self, waited: Duration) {
-        self.checkouts += 1;
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.wait_time.record(waited.as_secs_f64());
-        }
+        self.touched = true;
+        self.counts.checkouts += 1;
         if waited.is_zero() {
-            self.zero_waits += 1;
+            self.dist.zero_waits += 1;
         } else {
-            record(&mut self.wait, waited);
+            self.record_wait(waited);
         }
     }
 
+    fn record_wait(&mut self, waited: Duration) {
+        record(&mut self.dist.wait, waited);
+        self.counts.waits += 1;
+        self.counts.longest_wait = self.counts.longest_wait.max(waited);
+    }
+
+    /// An acquire that waited ended (served, failed or cancelled): its
+    /// part inside the current tick.
+    pub(crate) fn record_waited_in_tick(&mut self, in_tick: Duration) {
+        self.touched = true;
+        self.usage.waited += in_tick;
+    }
+
     pub(crate) fn record_failure(&mut self, waited: Duration, failure: AcquireFailure) {
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.wait_time.record(waited.as_secs_f64());
-        }
-        self.failures.add(failure);
-        record(&mut self.wait, waited);
+        self.touched = true;
+        self.counts.failures.add(failure);
+        self.record_wait(waited);
+    }
+
+    pub(crate) fn record_cancelled(&mut self, waited: Duration) {
+        self.touched = true;
+        self.counts.cancelled += 1;
+        self.counts.cancelled_wait += waited;
+        self.record_wait(waited);
+    }
+
+    pub(crate) fn record_nested(&mut self) {
+        self.touched = true;
+        self.counts.nested += 1;
     }
 
     #[inline]
     pub(crate) fn record_close(&mut self, held: Duration, outcome: Outcome) {
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.use_time.record(held.as_secs_f64());
+        self.touched = true;
+        self.counts.outcomes.add(outcome);
+        self.counts.holds += 1;
+        self.counts.hold_total += held;
+        if held > self.counts.longest_hold {
+            self.counts.longest_hold = held;
         }
-        self.outcomes.add(outcome);
-        record(&mut self.hold, held);
-        self.hold_total += held;
+        record(&mut self.dist.hold, held);
     }
 
-    pub(crate) fn record_activity(&mut self, activity: &ActivitySummary) {
-        let db = &mut self.database;
-        db.busy_total += activity.busy;
-        db.open_transaction_at_return += u64::from(activity.open_transaction);
-        db.in_flight_at_drop += u64::from(activity.in_flight);
-    }
-
-    pub(crate) fn record_transaction(&mut self, ended: &TransactionEnded) {
-        self.record_savepoint(ended.ending);
-        self.database.transaction_total += ended.duration;
-        self.database.transaction_idle_total += ended.idle;
-    }
-
-    pub(crate) fn record_savepoint(&mut self, ending: TransactionEnding) {
-        let db = &mut self.database;
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
+    pub(crate) fn record_transaction(
+        &mut self,
+        ending: TransactionEnding,
+        total: Duration,
+        idle: Duration,
+        outermost: bool,
+    ) {
+        self.touched = true;
+        let db = &mut self.counts.database;
         match ending {
             TransactionEnding::Committed => db.committed += 1,
             TransactionEnding::RolledBack => db.rolled_back += 1,
             TransactionEnding::RolledBackByDrop => db.rolled_back_by_drop += 1,
         }
-    }
-
-    pub(crate) fn record_unreported_open_transaction(&mut self) {
-        self.database.open_transaction_at_return += 1;
-    }
-
-    /// Adds another shard's statistics of the same site.
-    pub(crate) fn merge(&mut self, other: &SiteStats) {
-        self.checkouts += other.checkouts;
-        self.zero_waits += other.zero_waits;
-        // Both are auto-resizing, so adding cannot fail for lack of range.
-        let _ = self.wait.add(&other.wait);
-        let _ = self.hold.add(&other.hold);
-        self.hold_total += other.hold_total;
-        self.outcomes.merge(&other.outcomes);
-        self.failures.merge(&other.failures);
-        self.database.merge(&other.database);
-    }
-
-    /// The wait histogram with the zero waits added back in.
-    fn full_wait(&self) -> Histogram<u64> {
-        let mut wait = self.wait.clone();
-        if self.zero_waits > 0 {
-            let _ = wait.record_n(0, self.zero_waits);
+        if outermost {
+            db.transaction_total += total;
+            db.transaction_idle_total += idle;
         }
-        wait
-    }
-
-    pub(crate) fn to_span_snapshot(&self, outstanding: u64) -> SpanSnapshot {
-        SpanSnapshot {
-            span: self.span,
-            checkouts: self.checkouts,
-            outstanding,
-            wait: summarize(&self.full_wait()),
-            hold: summarize(&self.hold),
-            hold_total: self.hold_total,
-            outcomes: self.outcomes,
-            database: self.database,
-        }
-    }
-
-    pub(crate) fn to_snapshot(&self, outstanding: u64) -> SiteSnapshot {
-        let wait = self.full_wait();
-        SiteSnapshot {
-            site: self.site,
-            checkouts: self.checkouts,
-            outstanding,
-            wait: summarize(&wait),
-            hold: summarize(&self.hold),
-            hold_total: self.hold_total,
-            outcomes: self.outcomes,
-            failures: self.failures,
-            database: self.database,
-        }
-    }
-}
-
-fn summarize(h: &Histogram<u64>) -> LatencySummary {
-    if h.is_empty() {
-        return LatencySummary::default();
-    }
-    let at = |q: f64| Duration::from_micros(h.value_at_quantile(q));
-    LatencySummary {
-        count: h.len(),
-        mean: Duration::from_secs_f64(h.mean() / 1e6),
-        p50: at(0.5),
-        p99: at(0.99),
-        max: Duration::from_micros(h.max()),
     }
 }

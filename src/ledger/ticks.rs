@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Nanoseconds since poolwatch's epoch (the first ledger made in the
 /// process): an instant in 8 bytes, good for 584 years.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Ticks(u64);
 
 /// quanta's clock (the TSC where it is invariant, else the OS monotonic
@@ -45,6 +45,10 @@ impl Clock {
 }
 
 impl Ticks {
+    /// poolwatch's epoch.
+    #[cfg(any(test, feature = "leak-report"))]
+    pub(crate) const ZERO: Ticks = Ticks(0);
+
     /// Later than any instant: the scan column's mark for a free slot.
     pub(crate) const NEVER: Ticks = Ticks(u64::MAX);
 
@@ -80,7 +84,6 @@ impl Ticks {
     }
 
     /// `self` moved back by `d`, or `None` before the epoch.
-    #[cfg(any(test, feature = "leak-report"))]
     pub(crate) fn checked_sub(self, d: Duration) -> Option<Ticks> {
         let d = u64::try_from(d.as_nanos()).ok()?;
         self.0.checked_sub(d).map(Ticks)

@@ -1,67 +1,68 @@
-//! Building a watched pool with the hooks that see inside the connection:
-//! the backend pid (`post_create`) and the open-transaction probe
-//! (`pre_recycle`). Hooks run inside deadpool's `get()` and can only be
-//! attached while the pool is built, so a pool handed over ready-made
-//! ([`Pool::new`](crate::WatchedPool::new)) gets the guard's own tracking
-//! only.
+//! Building a watched pool whose connections poolwatch observes: the
+//! manager connects through [`WatchedConnect`] (every protocol message on
+//! the connection is seen), a `post_create` hook links each new
+//! connection's record to its pooled object, and the pool's ledger finds
+//! those records through the [`Directory`].
 
-use std::sync::{atomic::Ordering, Arc};
+use std::str::FromStr;
+use std::sync::Arc;
 
+use deadpool::managed::{Hook, HookError, Timeouts};
 use deadpool_postgres::{
     tokio_postgres::tls::{MakeTlsConnect, TlsConnect},
-    BuildError, CreatePoolError, Manager, Runtime,
+    BuildError, ClientWrapper, Manager, ManagerConfig, PoolConfig, QueueMode, Runtime,
 };
-use tokio_postgres::Socket;
 
-use super::{hooks, pid, Pool};
-use crate::config::WatchConfig;
-use crate::ledger::Ledger;
+use super::connect::WatchedConnect;
+use super::link::{self, Claims, Directory};
+use super::sanitize::sanitize;
+use super::server_probe::Probe;
+use super::socket::Socket;
+use super::wire::statements::OwnQueries;
+use super::wire::WireSettings;
+use crate::config::{Statements, WatchConfig};
+use crate::errors::ConfigError;
+use crate::ledger::{ConnectionActivity, ConnectionDirectory, Ticks};
+use crate::shared::Shared;
 use crate::WatchedPool;
 
-/// What to do with a connection found inside a transaction when it is
-/// returned or about to be handed out again.
+/// What to do with a connection returned inside a transaction.
 ///
 /// ```
 /// let options = poolwatch::postgres::Options::default()
-///     .on_open_transaction(poolwatch::postgres::OpenTransaction::Evict);
+///     .on_open_transaction(poolwatch::postgres::OpenTransaction::Rollback);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OpenTransaction {
-    /// `ROLLBACK` it in the `pre_recycle` hook, then hand it out (default).
+    /// Close it; the pool opens a fresh one when needed (the default: it
+    /// costs nothing on the checkout path, and a connection left inside a
+    /// transaction is a bug worth a reconnect).
     #[default]
-    Rollback,
-    /// Close it; the pool opens a fresh one when needed.
     Evict,
+    /// Return it and send `ROLLBACK` before its next use, from a
+    /// `pre_recycle` hook: a round trip only for a connection that needs
+    /// it, but an async hook on every checkout.
+    Rollback,
 }
 
 /// PostgreSQL-specific settings of a watched pool.
 ///
 /// | what | default |
 /// |---|---|
-/// | [`probe_transactions`](Self::probe_transactions) | on |
-/// | [`on_open_transaction`](Self::on_open_transaction) | [`OpenTransaction::Rollback`] |
-/// | [`backend_pid`](Self::backend_pid) | on |
+/// | [`on_open_transaction`](Self::on_open_transaction) | [`OpenTransaction::Evict`] |
 /// | [`application_name`](Self::application_name) | on (only if unset) |
 ///
 /// ```
 /// use poolwatch::postgres::{OpenTransaction, Options};
-/// let options = Options::default()
-///     .probe_transactions(true)
-///     .on_open_transaction(OpenTransaction::Rollback);
+/// let options = Options::default().on_open_transaction(OpenTransaction::Rollback);
 /// assert_eq!(options.open_transaction, OpenTransaction::Rollback);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Options {
-    /// Probe each connection with `SAVEPOINT` in `pre_recycle` (one round
-    /// trip per recycled checkout) to catch a transaction left open by any
-    /// code, including uninstrumented code.
-    pub probe_transactions: bool,
-    /// What to do with a connection inside a transaction.
+    /// What to do with a connection returned inside a transaction.
     pub open_transaction: OpenTransaction,
-    /// Ask each new connection for its backend pid (`post_create`).
-    pub backend_pid: bool,
     /// Set `application_name` (`<program>/<pool name>`) when the config
     /// leaves it unset, so `pg_stat_activity` shows who holds what.
     pub application_name: bool,
@@ -70,27 +71,14 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            probe_transactions: true,
-            open_transaction: OpenTransaction::Rollback,
-            backend_pid: true,
+            open_transaction: OpenTransaction::Evict,
             application_name: true,
         }
     }
 }
 
 impl Options {
-    /// Turns the `SAVEPOINT` probe on or off.
-    ///
-    /// ```
-    /// let options = poolwatch::postgres::Options::default().probe_transactions(false);
-    /// assert!(!options.probe_transactions);
-    /// ```
-    pub fn probe_transactions(mut self, on: bool) -> Self {
-        self.probe_transactions = on;
-        self
-    }
-
-    /// Roll back or evict a connection inside a transaction.
+    /// Evict or roll back a connection returned inside a transaction.
     ///
     /// ```
     /// use poolwatch::postgres::{OpenTransaction, Options};
@@ -99,17 +87,6 @@ impl Options {
     /// ```
     pub fn on_open_transaction(mut self, policy: OpenTransaction) -> Self {
         self.open_transaction = policy;
-        self
-    }
-
-    /// Turns the backend pid lookup on or off.
-    ///
-    /// ```
-    /// let options = poolwatch::postgres::Options::default().backend_pid(false);
-    /// assert!(!options.backend_pid);
-    /// ```
-    pub fn backend_pid(mut self, on: bool) -> Self {
-        self.backend_pid = on;
         self
     }
 
@@ -140,12 +117,227 @@ fn default_application_name(pool: &str) -> String {
     name
 }
 
+/// Bytes of statement text shown in events, snapshots and reports.
+const STATEMENT_SHOWN: usize = 512;
+
+impl ConnectionDirectory for Directory {
+    fn find(&self, key: usize) -> Option<Arc<ConnectionActivity>> {
+        Directory::find(self, key)
+    }
+}
+
+/// The key the pool's checkouts give the ledger for a connection.
+fn connection_key(client: &ClientWrapper) -> usize {
+    link::connection_key(&client.statement_cache)
+}
+
+/// Rolls back, before its next use, a connection returned inside a
+/// transaction (only when [`OpenTransaction::Rollback`] is asked for).
+fn rollback_open_transactions(directory: Arc<Directory>) -> Hook<Manager> {
+    Hook::async_fn(move |client: &mut ClientWrapper, _| {
+        let open = directory
+            .find_client(client)
+            .is_some_and(|a| a.reading(Ticks::now()).transaction.is_open());
+        Box::pin(async move {
+            if open {
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(HookError::Backend)?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// A deadpool-postgres pool builder whose manager connects through
+/// poolwatch's observer, for a [`Manager`] built by hand: like
+/// `deadpool_postgres::Pool::builder(Manager::from_config(pg_config, tls,
+/// manager_config))`. Get one from
+/// [`Pool::builder`](crate::WatchedPool::builder).
+///
+/// ```no_run
+/// use deadpool_postgres::{ManagerConfig, Runtime};
+/// use poolwatch::postgres::Pool;
+///
+/// # fn demo(pg_config: tokio_postgres::Config) -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::builder(pg_config, tokio_postgres::NoTls, ManagerConfig::default())
+///     .max_size(16)
+///     .runtime(Runtime::Tokio1)
+///     .watch(poolwatch::WatchConfig::from_env()?)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build`"]
+pub struct PoolBuilder {
+    builder: deadpool_postgres::PoolBuilder,
+    claims: Arc<Claims>,
+    directory: Arc<Directory>,
+    watch: WatchConfig,
+    options: Options,
+    /// Where and how the server view connects (the pool's own settings).
+    server: (tokio_postgres::Config, Arc<dyn deadpool_postgres::Connect>),
+}
+
+impl PoolBuilder {
+    fn map(
+        self,
+        f: impl FnOnce(deadpool_postgres::PoolBuilder) -> deadpool_postgres::PoolBuilder,
+    ) -> Self {
+        Self {
+            builder: f(self.builder),
+            ..self
+        }
+    }
+
+    /// The pool's maximum size, like deadpool's.
+    pub fn max_size(self, value: usize) -> Self {
+        self.map(|b| b.max_size(value))
+    }
+
+    /// deadpool's whole [`PoolConfig`] (size, timeouts, queue mode).
+    pub fn config(self, value: PoolConfig) -> Self {
+        self.map(|b| b.config(value))
+    }
+
+    /// deadpool's timeouts.
+    pub fn timeouts(self, value: Timeouts) -> Self {
+        self.map(|b| b.timeouts(value))
+    }
+
+    /// How long `get()` waits for a free slot.
+    pub fn wait_timeout(self, value: Option<std::time::Duration>) -> Self {
+        self.map(|b| b.wait_timeout(value))
+    }
+
+    /// How long creating a connection may take.
+    pub fn create_timeout(self, value: Option<std::time::Duration>) -> Self {
+        self.map(|b| b.create_timeout(value))
+    }
+
+    /// How long recycling a connection may take.
+    pub fn recycle_timeout(self, value: Option<std::time::Duration>) -> Self {
+        self.map(|b| b.recycle_timeout(value))
+    }
+
+    /// FIFO or LIFO reuse of idle connections.
+    pub fn queue_mode(self, value: QueueMode) -> Self {
+        self.map(|b| b.queue_mode(value))
+    }
+
+    /// The runtime deadpool's timeouts use.
+    pub fn runtime(self, value: Runtime) -> Self {
+        self.map(|b| b.runtime(value))
+    }
+
+    /// A `post_create` hook of yours (poolwatch's own runs after it).
+    pub fn post_create(self, hook: impl Into<Hook<Manager>>) -> Self {
+        self.map(|b| b.post_create(hook))
+    }
+
+    /// A `pre_recycle` hook of yours.
+    pub fn pre_recycle(self, hook: impl Into<Hook<Manager>>) -> Self {
+        self.map(|b| b.pre_recycle(hook))
+    }
+
+    /// A `post_recycle` hook of yours.
+    pub fn post_recycle(self, hook: impl Into<Hook<Manager>>) -> Self {
+        self.map(|b| b.post_recycle(hook))
+    }
+
+    /// What poolwatch watches for (default: [`WatchConfig::default`]; the
+    /// `POOLWATCH_*` variables apply only through
+    /// [`WatchConfig::from_env`] or [`create_pool`]).
+    ///
+    /// ```no_run
+    /// # fn demo(builder: poolwatch::postgres::PoolBuilder) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = builder.watch(poolwatch::WatchConfig::from_env()?).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn watch(self, watch: WatchConfig) -> Self {
+        Self { watch, ..self }
+    }
+
+    /// The PostgreSQL-specific [`Options`].
+    pub fn options(self, options: Options) -> Self {
+        Self { options, ..self }
+    }
+
+    /// Builds the watched pool.
+    pub fn build(self) -> Result<WatchedPool<Manager>, BuildError> {
+        let shared = Shared::new(&self.watch);
+        let mut builder = self
+            .builder
+            .post_create(link::post_create(self.claims, Arc::clone(&self.directory)));
+        if self.options.open_transaction == OpenTransaction::Rollback {
+            builder = builder.pre_recycle(rollback_open_transactions(Arc::clone(&self.directory)));
+            shared.observer.set_evict_open_transactions(false);
+        }
+        shared.ledger.set_directory(self.directory);
+        let shown = self.watch.statements;
+        shared
+            .observer
+            .set_statement_format(Box::new(move |raw: &str| match shown {
+                Statements::Sanitized => Some(sanitize(raw, STATEMENT_SHOWN)),
+                _ => None,
+            }));
+        if let (true, Some(tick)) = (self.watch.server_view, shared.tick) {
+            // Asked only from the sampler's tick, under pressure; without a
+            // timeline nothing would ask, so no side connection either.
+            let (pg_config, connect) = self.server;
+            shared.observer.set_server_probe(Box::new(Probe::new(
+                pg_config,
+                connect,
+                tick,
+                shown == Statements::Sanitized,
+            )));
+        }
+        let pool = builder.build()?;
+        Ok(WatchedPool::with_shared(
+            pool,
+            shared,
+            Some(connection_key as fn(&ClientWrapper) -> usize),
+        ))
+    }
+}
+
+/// A watched deadpool-postgres manager's parts: the observing `Connect`
+/// and where new connections' records are linked.
+fn observed_manager<T>(
+    pg_config: tokio_postgres::Config,
+    tls: T,
+    manager_config: ManagerConfig,
+) -> (Manager, Arc<Claims>, Arc<Directory>)
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let claims = Arc::new(Claims::default());
+    let directory = Arc::new(Directory::default());
+    let settings = WireSettings {
+        own_queries: OwnQueries::for_recycling(&manager_config.recycling_method),
+        quiet: false,
+    };
+    let connect = WatchedConnect::new(tls, Arc::clone(&claims), settings);
+    (
+        Manager::from_connect(pg_config, connect, manager_config),
+        claims,
+        directory,
+    )
+}
+
 impl WatchedPool<Manager> {
     /// Creates a watched pool from a [`deadpool_postgres::Config`], like
-    /// [`Config::create_pool`](deadpool_postgres::Config::create_pool), with
-    /// the default [`Options`]: backend pid per connection, the
-    /// open-transaction probe, and `application_name` if unset. Pool size,
-    /// timeouts and recycling method come from the config as usual.
+    /// [`Config::create_pool`](deadpool_postgres::Config::create_pool):
+    /// pool size, timeouts and recycling method come from the config as
+    /// usual. Every call on its connections is observed on the connection
+    /// itself, whichever way it is made; see the [module docs](super).
+    ///
+    /// `tls` is a connector for [`Socket`], poolwatch's observed socket:
+    /// `NoTls`, postgres-openssl, postgres-native-tls and
+    /// tokio-postgres-rustls all work as they do for tokio-postgres's own.
     ///
     /// ```no_run
     /// use deadpool_postgres::{Config, Runtime};
@@ -163,7 +355,7 @@ impl WatchedPool<Manager> {
         runtime: Option<Runtime>,
         tls: T,
         watch: WatchConfig,
-    ) -> Result<Pool, CreatePoolError>
+    ) -> Result<WatchedPool<Manager>, deadpool_postgres::CreatePoolError>
     where
         T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
         T::Stream: Sync + Send,
@@ -180,7 +372,7 @@ impl WatchedPool<Manager> {
     /// use poolwatch::postgres::{OpenTransaction, Options, Pool};
     ///
     /// # fn demo(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
-    /// let options = Options::default().on_open_transaction(OpenTransaction::Evict);
+    /// let options = Options::default().on_open_transaction(OpenTransaction::Rollback);
     /// let pool = Pool::from_config_with(
     ///     &cfg,
     ///     Some(Runtime::Tokio1),
@@ -196,63 +388,154 @@ impl WatchedPool<Manager> {
         tls: T,
         watch: WatchConfig,
         options: Options,
-    ) -> Result<Pool, CreatePoolError>
+    ) -> Result<WatchedPool<Manager>, deadpool_postgres::CreatePoolError>
     where
         T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
         T::Stream: Sync + Send,
         T::TlsConnect: Sync + Send,
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
-        let mut pg_config = config.get_pg_config().map_err(CreatePoolError::Config)?;
+        let mut pg_config = config
+            .get_pg_config()
+            .map_err(deadpool_postgres::CreatePoolError::Config)?;
         if options.application_name && pg_config.get_application_name().is_none() {
             pg_config.application_name(default_application_name(&watch.pool_name));
         }
-        let manager = Manager::from_config(pg_config, tls, config.get_manager_config());
-        let mut builder =
-            deadpool_postgres::Pool::builder(manager).config(config.get_pool_config());
+        let mut builder = Self::builder(pg_config, tls, config.get_manager_config())
+            .config(config.get_pool_config())
+            .watch(watch)
+            .options(options);
         if let Some(runtime) = runtime {
             builder = builder.runtime(runtime);
         }
-        Self::from_builder(builder, watch, options).map_err(CreatePoolError::Build)
+        builder
+            .build()
+            .map_err(deadpool_postgres::CreatePoolError::Build)
     }
 
-    /// Builds a watched pool from a deadpool-postgres
-    /// [`PoolBuilder`](deadpool_postgres::PoolBuilder), adding the hooks
-    /// [`Options`] ask for to the ones it already has. Use it when the
-    /// [`Manager`] is built by hand; `application_name` is then yours to set
-    /// in the `tokio_postgres::Config`.
+    /// A [`PoolBuilder`] for a pool built from a `tokio_postgres::Config`
+    /// by hand, its connections observed like [`Self::from_config`]'s.
+    /// `application_name` is yours to set in `pg_config`.
     ///
     /// ```no_run
-    /// use deadpool_postgres::{Manager, Pool as PgPool, Runtime};
-    /// use poolwatch::postgres::{Options, Pool};
+    /// use deadpool_postgres::{ManagerConfig, RecyclingMethod, Runtime};
+    /// use poolwatch::postgres::Pool;
     ///
     /// # fn demo(pg_config: tokio_postgres::Config) -> Result<(), Box<dyn std::error::Error>> {
-    /// let manager = Manager::new(pg_config, tokio_postgres::NoTls);
-    /// let builder = PgPool::builder(manager).max_size(16).runtime(Runtime::Tokio1);
-    /// let pool = Pool::from_builder(builder, poolwatch::WatchConfig::from_env()?, Options::default())?;
+    /// let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    /// let pool = Pool::builder(pg_config, tokio_postgres::NoTls, manager_config)
+    ///     .max_size(16)
+    ///     .runtime(Runtime::Tokio1)
+    ///     .build()?;
     /// # Ok(()) }
     /// ```
+    pub fn builder<T>(
+        pg_config: tokio_postgres::Config,
+        tls: T,
+        manager_config: ManagerConfig,
+    ) -> PoolBuilder
+    where
+        T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+        T::Stream: Sync + Send,
+        T::TlsConnect: Sync + Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        let server: (tokio_postgres::Config, Arc<dyn deadpool_postgres::Connect>) = (
+            pg_config.clone(),
+            Arc::new(WatchedConnect::side(tls.clone())),
+        );
+        let (manager, claims, directory) = observed_manager(pg_config, tls, manager_config);
+        PoolBuilder {
+            builder: deadpool_postgres::Pool::builder(manager),
+            claims,
+            directory,
+            watch: WatchConfig::default(),
+            options: Options::default(),
+            server,
+        }
+    }
+
+    /// Wraps a pool from a deadpool-postgres
+    /// [`PoolBuilder`](deadpool_postgres::PoolBuilder) whose [`Manager`]
+    /// was made elsewhere. Like [`WatchedPool::new`], its connections are
+    /// not observed (the manager connects without poolwatch): holds,
+    /// waits, sites and spans are recorded, database time and transaction
+    /// state are not. Prefer [`Self::builder`].
     pub fn from_builder(
         builder: deadpool_postgres::PoolBuilder,
         watch: WatchConfig,
-        options: Options,
-    ) -> Result<Pool, BuildError> {
-        let ledger = Arc::new(Ledger::new(&watch));
-        let weak = Arc::downgrade(&ledger);
-        let mut builder = builder;
-        if options.backend_pid {
-            builder = builder.post_create(pid::post_create(weak.clone()));
-        }
-        if options.probe_transactions {
-            builder = builder.pre_recycle(hooks::pre_recycle(weak, options.open_transaction));
-            // The probe cleans up at the next checkout: no need to evict at
-            // return unless eviction is what was asked for.
-            let evict = options.open_transaction == OpenTransaction::Evict;
-            ledger
-                .settings
-                .evict_open_transactions
-                .store(evict, Ordering::Relaxed);
-        }
-        Ok(WatchedPool::with_ledger(builder.build()?, ledger))
+    ) -> Result<WatchedPool<Manager>, BuildError> {
+        Ok(WatchedPool::new(builder.build()?, watch))
     }
+}
+
+/// What [`create_pool`] can fail with: deadpool-postgres's own error, or
+/// a `POOLWATCH_*` variable that does not parse.
+///
+/// Converts into `std::io::Error` (for a `main` returning `io::Result`),
+/// `Box<dyn Error>` and `anyhow::Error` with `?`.
+///
+/// ```
+/// let error = poolwatch::postgres::CreatePoolError::from(
+///     poolwatch::WatchConfig::from_vars([("POOLWATCH_WINDOW", "soon")]).unwrap_err(),
+/// );
+/// let io: std::io::Error = error.into();
+/// assert!(io.to_string().contains("POOLWATCH_WINDOW"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreatePoolError {
+    /// Creating the pool failed (deadpool-postgres's error).
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::CreatePoolError),
+    /// A `POOLWATCH_*` environment variable is invalid.
+    #[error(transparent)]
+    Watch(#[from] ConfigError),
+}
+
+impl From<CreatePoolError> for std::io::Error {
+    fn from(error: CreatePoolError) -> Self {
+        std::io::Error::other(error)
+    }
+}
+
+/// The drop-in for [`deadpool_postgres::Config::create_pool`]: the same
+/// arguments (with `&cfg` first), a watched pool, its settings read from
+/// the `POOLWATCH_*` environment variables (the pool's name from
+/// `POOLWATCH_POOL_NAME`, else the config's `dbname` or its URL's database,
+/// else `default`).
+///
+/// ```no_run
+/// use deadpool_postgres::{Config, Runtime};
+///
+/// # fn demo() -> std::io::Result<()> {
+/// let mut cfg = Config::new();
+/// cfg.url = Some("postgres://app@localhost/app".into());
+/// // was: let pool = cfg.create_pool(Some(Runtime::Tokio1), tokio_postgres::NoTls)?;
+/// let pool = poolwatch::postgres::create_pool(&cfg, Some(Runtime::Tokio1), tokio_postgres::NoTls)?;
+/// # Ok(()) }
+/// ```
+pub fn create_pool<T>(
+    config: &deadpool_postgres::Config,
+    runtime: Option<Runtime>,
+    tls: T,
+) -> Result<WatchedPool<Manager>, CreatePoolError>
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let mut watch = WatchConfig::builder();
+    let from_url = || {
+        let url = config.url.as_deref()?;
+        let parsed = tokio_postgres::Config::from_str(url).ok()?;
+        parsed.get_dbname().map(str::to_owned)
+    };
+    let dbname = config.dbname.clone().or_else(from_url);
+    if let Some(dbname) = dbname.as_deref().filter(|d| !d.trim().is_empty()) {
+        watch = watch.pool_name(dbname);
+    }
+    let watch = watch.with_env()?.build()?;
+    Ok(WatchedPool::from_config(config, runtime, tls, watch)?)
 }

@@ -7,23 +7,16 @@ use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 
-use bytes::Buf;
-use tokio_postgres::types::{BorrowToSql, ToSql, Type};
-use tokio_postgres::{
-    CopyInSink, CopyOutStream, Error, IsolationLevel, Row, RowStream, SimpleQueryMessage,
-    Statement, ToStatement,
-};
+use tokio_postgres::{Error, IsolationLevel};
 
-use super::call::{connection_key, Timing};
-use crate::events;
 use crate::guard::Record;
-use crate::ledger::activity::TransactionEnding;
+use crate::ledger::{Ticks, TransactionEnding};
 
 /// A transaction on a watched [`Client`](super::Client).
 ///
 /// Derefs to [`deadpool_postgres::Transaction`] (and through it to
 /// [`tokio_postgres::Transaction`]), so functions taking either keep
-/// working; its database methods are timed like the client's.
+/// working and every method of those works as before.
 ///
 /// Dropped without [`commit`](Self::commit) or [`rollback`](Self::rollback)
 /// — typically a `?` returning early — it rolls back like the original, and
@@ -42,7 +35,6 @@ pub struct Transaction<'a> {
     /// `None` once `commit`/`rollback` consumed it.
     txn: Option<deadpool_postgres::Transaction<'a>>,
     record: &'a Record,
-    connection: usize,
     /// A savepoint inside another transaction.
     nested: bool,
 }
@@ -55,33 +47,19 @@ impl<'a> Transaction<'a> {
     ) -> Self {
         record.shard.transaction_began(record.key, site);
         Self {
-            connection: connection_key(&txn.statement_cache),
             txn: Some(txn),
             record,
             nested: false,
         }
     }
 
-    fn dp(&self) -> &deadpool_postgres::Transaction<'a> {
+    fn live(&mut self) -> &mut deadpool_postgres::Transaction<'a> {
         self.txn
-            .as_ref()
+            .as_mut()
             .expect("a live transaction holds its transaction")
     }
 
-    fn pg(&self) -> &tokio_postgres::Transaction<'a> {
-        self.dp()
-    }
-
-    fn timing(&self) -> Timing<'a> {
-        Timing {
-            record: self.record,
-            connection: self.connection,
-        }
-    }
-
-    instrumented_methods!("[`tokio_postgres::Transaction`],");
-
-    /// Like [`deadpool_postgres::Transaction::commit`], timed; recorded as
+    /// Like [`deadpool_postgres::Transaction::commit`]; recorded as
     /// committed (or rolled back, if `COMMIT` fails).
     ///
     /// ```no_run
@@ -94,7 +72,7 @@ impl<'a> Transaction<'a> {
         let Some(txn) = self.txn.take() else {
             return Ok(());
         };
-        let result = self.timing().run(None, txn.commit()).await;
+        let result = txn.commit().await;
         let ending = if result.is_ok() {
             TransactionEnding::Committed
         } else {
@@ -104,7 +82,7 @@ impl<'a> Transaction<'a> {
         result
     }
 
-    /// Like [`deadpool_postgres::Transaction::rollback`], timed; recorded as
+    /// Like [`deadpool_postgres::Transaction::rollback`]; recorded as
     /// rolled back.
     ///
     /// ```no_run
@@ -117,7 +95,7 @@ impl<'a> Transaction<'a> {
         let Some(txn) = self.txn.take() else {
             return Ok(());
         };
-        let result = self.timing().run(None, txn.rollback()).await;
+        let result = txn.rollback().await;
         self.ended(TransactionEnding::RolledBack);
         result
     }
@@ -135,13 +113,9 @@ impl<'a> Transaction<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<Transaction<'_>, Error> {
-        let timing = self.timing();
-        let txn = self
-            .txn
-            .as_mut()
-            .expect("a live transaction holds its transaction");
-        let inner = timing.run(None, txn.transaction()).await?;
-        Ok(Self::nested(timing, inner))
+        let record = self.record;
+        let inner = self.live().transaction().await?;
+        Ok(Self::nested(record, inner))
     }
 
     /// Like [`deadpool_postgres::Transaction::savepoint`]: a named nested
@@ -159,31 +133,28 @@ impl<'a> Transaction<'a> {
     where
         I: Into<String>,
     {
-        let timing = self.timing();
-        let txn = self
-            .txn
-            .as_mut()
-            .expect("a live transaction holds its transaction");
-        let inner = timing.run(None, txn.savepoint(name)).await?;
-        Ok(Self::nested(timing, inner))
+        let record = self.record;
+        let inner = self.live().savepoint(name).await?;
+        Ok(Self::nested(record, inner))
     }
 
-    fn nested<'b>(timing: Timing<'b>, txn: deadpool_postgres::Transaction<'b>) -> Transaction<'b> {
+    fn nested<'b>(record: &'b Record, txn: deadpool_postgres::Transaction<'b>) -> Transaction<'b> {
+        // Nested: the ledger counts its depth; only its ending is recorded.
+        record
+            .shard
+            .transaction_began(record.key, Location::caller());
         Transaction {
             txn: Some(txn),
-            record: timing.record,
-            connection: timing.connection,
+            record,
             nested: true,
         }
     }
 
-    /// Records the ending in the ledger; reports outside its lock.
+    /// Records the ending in the ledger; reacts outside its lock.
     fn ended(&self, ending: TransactionEnding) {
         let shard = &self.record.shard;
-        if self.nested {
-            shard.savepoint_ended(self.record.key, ending);
-        } else if let Some((entry, ended)) = shard.transaction_ended(self.record.key, ending) {
-            events::transaction_ended(&shard.settings, &entry, &ended);
+        if let Some(ended) = shard.transaction_ended(self.record.key, ending) {
+            shard.attached.transaction_ended(&ended, Ticks::now());
         }
     }
 }
@@ -202,7 +173,9 @@ impl<'a> Deref for Transaction<'a> {
     type Target = deadpool_postgres::Transaction<'a>;
 
     fn deref(&self) -> &Self::Target {
-        self.dp()
+        self.txn
+            .as_ref()
+            .expect("a live transaction holds its transaction")
     }
 }
 
@@ -236,7 +209,6 @@ impl fmt::Debug for Transaction<'_> {
 pub struct TransactionBuilder<'a> {
     builder: deadpool_postgres::TransactionBuilder<'a>,
     record: &'a Record,
-    connection: usize,
     site: &'static Location<'static>,
 }
 
@@ -244,13 +216,11 @@ impl<'a> TransactionBuilder<'a> {
     pub(crate) fn new(
         builder: deadpool_postgres::TransactionBuilder<'a>,
         record: &'a Record,
-        connection: usize,
         site: &'static Location<'static>,
     ) -> Self {
         Self {
             builder,
             record,
-            connection,
             site,
         }
     }
@@ -301,7 +271,7 @@ impl<'a> TransactionBuilder<'a> {
         }
     }
 
-    /// Begins the transaction, timed.
+    /// Begins the transaction.
     ///
     /// ```no_run
     /// # async fn demo(mut client: poolwatch::postgres::Client) -> Result<(), tokio_postgres::Error> {
@@ -313,12 +283,10 @@ impl<'a> TransactionBuilder<'a> {
         let Self {
             builder,
             record,
-            connection,
             site,
         } = self;
         async move {
-            let timing = Timing { record, connection };
-            let txn = timing.run(None, builder.start()).await?;
+            let txn = builder.start().await?;
             Ok(Transaction::begin(txn, record, site))
         }
     }

@@ -1,366 +1,379 @@
 //! The diagnosis: walks the debugging order for you and says whether the
-//! pool suffers from a **leak**, a **long hold** or **concurrency growth**
-//! (or is healthy), naming the call sites and spans that carry the evidence.
+//! pool suffers from a **leak**, a **cleanup-path** bug, a **nested
+//! checkout**, a **long hold** or **concurrency growth** (or is healthy),
+//! naming the culprit first and those affected apart.
 //!
-//! [`WatchedPool::report`](crate::WatchedPool::report) builds a [`Report`]
-//! from the ledger and the pressure timeline. It prints as an aligned table
-//! (`Display`), serialises to JSON (feature `serde`) and draws the timeline
-//! as SVG ([`Report::timeline_svg`]).
+//! [`WatchedPool::report`](crate::WatchedPool::report) builds a [`Report`].
+//! It prints as an aligned table (`Display`), serialises to JSON (feature
+//! `serde`) and draws the timeline as SVG ([`Report::timeline_svg`]).
+//!
+//! # What "now" is
+//!
+//! Statistics are kept over a recent window
+//! ([`WatchConfig::window`](crate::WatchConfig::window), 5 minutes by
+//! default). Runs of saturated ticks — callers waited, or every connection
+//! was in use — are **episodes**, each listed with its start, end and its
+//! own verdicts ([`Report::episodes`]). The top-level verdicts describe
+//! **now**: the ongoing episode if there is one; otherwise the calm since
+//! the last episode ended; otherwise the window. So an incident that is
+//! over reads as past, and now can be healthy.
+//!
+//! # Attribution
+//!
+//! Each tick records, per call site and span, the connection time held —
+//! split into *in a database call*, *idle inside a transaction*, *outside
+//! any call* (known for connections poolwatch observes) — and the time
+//! callers waited. Verdicts weigh saturated time when there was any.
 //!
 //! # The rules
 //!
-//! More than one verdict can apply; each names its sites/spans and numbers.
+//! **Lock chain** (a long hold, said first) — the database server reports
+//! holders waiting on a lock (`pg_blocking_pids`, asked on poolwatch's own
+//! connection while the pool is under pressure; see
+//! [`WatchedPool::diagnose`](crate::WatchedPool::diagnose)). The head of
+//! each chain is the culprit — a guard of this pool (its site, span and
+//! what it does: typically idle in transaction) or a backend outside the
+//! pool (its pid and application name) — and the blocked checkouts are
+//! affected, named as blocked by it. Neither is then judged by the rules
+//! below.
 //!
-//! **Leak** — connections borrowed and not given back, or given back by an
-//! error path:
-//! * a guard is still out past the hold threshold (it may yet come back:
-//!   the report lists it under *flagged*; the watchdog of the
-//!   `leak-report` feature flags it while held);
-//! * holds ended on an error path: dropped while panicking, transaction
-//!   rolled back by drop, transaction left open at return, call in flight
-//!   at drop;
-//! * in the timeline, connections in use grew by at least a quarter of the
-//!   pool (and at least one) from the first third of the window to the last
-//!   while the checkout rate did not grow by more than a quarter.
+//! **Leak** — guards out past the hold threshold with nothing running on
+//! them, at a site whose holds never last half as long; or connections in
+//! use (measured) growing by a quarter of the pool from the first third of
+//! the timeline to the last while checkouts stayed flat.
 //!
-//! **Long hold** — connections come back, but late:
-//! * a call site's p99 hold is at or past the hold threshold; or
-//! * its mean hold is at least 50 ms and under half of it was spent in the
-//!   database (busy ratio < 0.5, known for `postgres` pools used through
-//!   the instrumented methods); or
-//! * its transactions were idle (no call in flight) more than half of their
-//!   open time, over at least 100 ms in all;
-//! * a span (request handler or job) holding more than half of all
-//!   connection time with a p99 hold past the threshold is named too.
+//! **Cleanup path** — holds that ended on an error path: dropped while
+//! panicking, a watched transaction rolled back by drop (a `?` inside it),
+//! returned inside a transaction, or with a database call in flight.
 //!
-//! **Concurrency growth** — holds are short, demand is high: no long-hold
-//! evidence, waiters were seen (in the timeline, a timeout, or a p99 wait of
-//! 10 ms or more), and Little's law at the busiest tick — checkout rate ×
-//! mean hold time — reaches 80 % of the pool's maximum size. Growing the
-//! pool (or smoothing the demand) is the fix; fixing code is not.
+//! **Nested checkout** — an acquire that waited while its task already
+//! held a guard of the same pool (a self-deadlock risk).
+//!
+//! **Long hold** — the culprit holds at least 10 % of the pool's connection
+//! time and at least a quarter of its own hold (and 50 ms) in states that
+//! are not database work: idle in transaction, or outside any call (with
+//! holds past the threshold when nothing saturated). The sentence says
+//! which. Holders busy in the database while the culprit sat idle in a
+//! transaction are listed as affected (likely blocked on its locks), as
+//! are callers that waited. With no such culprit, holds past the threshold
+//! spent in database calls are the finding (slow statements or lock
+//! waits); on connections poolwatch does not observe, holds past the
+//! threshold.
+//!
+//! **Concurrency growth** — no long hold, saturation, holds all shorter
+//! than the threshold, and the load offered to the pool (Little's law from
+//! measured time: connection time used plus time callers waited, per
+//! tick) reaching 80 % of its size on average, or its size at peak.
+//! Growing the pool (or smoothing the demand) is the fix; fixing code is
+//! not.
 //!
 //! **Healthy** — none of the above.
 
+mod facts;
 mod render;
 mod svg;
+mod types;
 mod verdict;
 
 use std::time::Duration;
 
-use crate::snapshot::{PoolSnapshot, PoolStatus, SiteSnapshot};
+use crate::ledger::{Holder, Ticks};
+use crate::observe::Observer;
+use crate::server::{self, Blocker, ServerBackend, ServerSnapshot};
+use crate::snapshot::PoolSnapshot;
 use crate::timeline::PressureSample;
+use crate::view::PoolView;
 
-pub use verdict::{Evidence, Verdict, VerdictKind};
+pub use types::{
+    EpisodeReport, ErrorPaths, Evidence, FlaggedGuard, HolderLine, OutsideBackend, Pressure,
+    Report, Scope, ServerSection, ServerState, SiteLine, SpanLine, Verdict, VerdictKind,
+    WaiterLine,
+};
 
-/// Busy share of the hold; unknown (`None`) when no database call was
-/// timed, i.e. the pool is not a postgres pool used through the
-/// instrumented methods.
-fn busy_ratio(busy: Duration, held: Duration) -> Option<f64> {
-    (!busy.is_zero() && !held.is_zero()).then(|| (busy.as_secs_f64() / held.as_secs_f64()).min(1.0))
-}
-
-/// Milliseconds as `f64`, the unit of durations in reports.
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The diagnosis of one pool. See the [module docs](self) for the rules.
-///
-/// ```no_run
-/// # async fn demo(pool: poolwatch::postgres::Pool) {
-/// let report = pool.report();
-/// println!("{report}");
-/// for verdict in &report.verdicts {
-///     println!("{:?}: {}", verdict.kind, verdict.reason);
-/// }
-/// std::fs::write("pool.svg", report.timeline_svg()).unwrap();
-/// # }
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct Report {
-    /// The pool's name.
-    pub pool: String,
-    /// The hold threshold the verdicts used, in milliseconds.
-    pub hold_threshold_ms: f64,
-    /// deadpool's status when the report was made.
-    pub status: PoolStatus,
-    /// A summary of the timeline.
-    pub pressure: Pressure,
-    /// The pressure timeline, oldest sample first.
-    pub timeline: Vec<PressureSample>,
-    /// What is wrong, with evidence; `Healthy` alone when nothing is.
-    pub verdicts: Vec<Verdict>,
-    /// Call sites, most connection time held first.
-    pub sites: Vec<SiteLine>,
-    /// Tracing spans (request handlers, jobs), most connection time first.
-    pub spans: Vec<SpanLine>,
-    /// Guards held right now past the hold threshold, longest first.
-    pub flagged: Vec<FlaggedGuard>,
-}
-
-/// The pressure timeline, summarised.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct Pressure {
-    /// Samples in the timeline.
-    pub samples: usize,
-    /// Seconds the timeline covers.
-    pub window_secs: f64,
-    /// The pool's maximum size (latest sample, or status).
-    pub max_size: usize,
-    /// Most connections in use at one sample.
-    pub peak_in_use: usize,
-    /// Mean connections in use.
-    pub mean_in_use: f64,
-    /// Most callers waiting at one sample.
-    pub peak_waiting: usize,
-    /// Share of samples with every connection in use.
-    pub saturated_share: f64,
-    /// Mean checkouts per second over the window.
-    pub mean_checkout_rate: f64,
-    /// Checkouts per second at the busiest sample.
-    pub peak_checkout_rate: f64,
-    /// Mean hold time of ended holds, in milliseconds.
-    pub mean_hold_ms: f64,
-    /// Little's law at the busiest sample: connections the demand needs
-    /// (peak checkout rate × mean hold).
-    pub peak_demand: f64,
-}
-
-/// One call site's line in the report.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct SiteLine {
-    /// `file:line:column`.
-    pub site: String,
-    /// Successful acquires.
-    pub checkouts: u64,
-    /// Held right now.
-    pub outstanding: u64,
-    /// Connection time held by ended holds, in seconds.
-    pub connection_secs: f64,
-    /// Mean hold, in milliseconds.
-    pub hold_mean_ms: f64,
-    /// Median hold, in milliseconds.
-    pub hold_p50_ms: f64,
-    /// 99th percentile hold, in milliseconds.
-    pub hold_p99_ms: f64,
-    /// Longest hold, in milliseconds.
-    pub hold_max_ms: f64,
-    /// 99th percentile wait, in milliseconds.
-    pub wait_p99_ms: f64,
-    /// Failed acquires that timed out.
-    pub timeouts: u64,
-    /// Share of the hold spent in database calls, when measured.
-    pub busy_ratio: Option<f64>,
-    /// Time inside transactions, in milliseconds.
-    pub transaction_ms: f64,
-    /// Of that, idle (no call in flight), in milliseconds.
-    pub transaction_idle_ms: f64,
-    /// Error-path endings, by kind.
-    pub error_paths: ErrorPaths,
-}
-
-/// Holds that ended on an error or cleanup path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct ErrorPaths {
-    /// Dropped while the thread was panicking.
-    pub panicked: u64,
-    /// Transactions rolled back by `Drop` (a `?` early return).
-    pub rolled_back_by_drop: u64,
-    /// Returned with a transaction still open.
-    pub open_transaction_at_return: u64,
-    /// Dropped with a database call in flight.
-    pub in_flight_at_drop: u64,
-}
-
-impl ErrorPaths {
-    /// All error-path endings.
-    pub fn total(&self) -> u64 {
-        self.panicked
-            + self.rolled_back_by_drop
-            + self.open_transaction_at_return
-            + self.in_flight_at_drop
-    }
-}
-
-/// One tracing span's line: request handler vs background job.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct SpanLine {
-    /// The span's name (`(none)` for checkouts outside any span).
-    pub span: String,
-    /// Successful acquires.
-    pub checkouts: u64,
-    /// Held right now.
-    pub outstanding: u64,
-    /// Connection time held by ended holds, in seconds.
-    pub connection_secs: f64,
-    /// 99th percentile hold, in milliseconds.
-    pub hold_p99_ms: f64,
-    /// Longest hold, in milliseconds.
-    pub hold_max_ms: f64,
-    /// Share of the hold spent in database calls, when measured.
-    pub busy_ratio: Option<f64>,
-}
-
-/// A guard held right now past the hold threshold.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct FlaggedGuard {
-    /// The guard's id.
-    pub guard: u64,
-    /// Where it was acquired.
-    pub site: String,
-    /// The span it was acquired in.
-    pub span: Option<String>,
-    /// Held so far, in milliseconds.
-    pub held_ms: f64,
-}
-
-impl SiteLine {
-    fn from_snapshot(s: &SiteSnapshot) -> Self {
-        SiteLine {
-            site: s.site.to_string(),
-            checkouts: s.checkouts,
-            outstanding: s.outstanding,
-            connection_secs: s.hold_total.as_secs_f64(),
-            hold_mean_ms: ms(s.hold.mean),
-            hold_p50_ms: ms(s.hold.p50),
-            hold_p99_ms: ms(s.hold.p99),
-            hold_max_ms: ms(s.hold.max),
-            wait_p99_ms: ms(s.wait.p99),
-            timeouts: s.failures.timeouts,
-            busy_ratio: busy_ratio(s.database.busy_total, s.hold_total),
-            transaction_ms: ms(s.database.transaction_total),
-            transaction_idle_ms: ms(s.database.transaction_idle_total),
-            error_paths: ErrorPaths {
-                panicked: s.outcomes.dropped_while_panicking,
-                rolled_back_by_drop: s.database.rolled_back_by_drop,
-                open_transaction_at_return: s.database.open_transaction_at_return,
-                in_flight_at_drop: s.database.in_flight_at_drop,
-            },
-        }
+fn scope(period: &facts::Period, now: Ticks) -> Scope {
+    let kind = match period.span {
+        facts::Span::Ongoing { .. } => "ongoing episode",
+        facts::Span::SinceEpisode { .. } => "since the last episode",
+        facts::Span::Window { .. } => "window",
+        facts::Span::Episode { .. } => "episode",
+    };
+    let _ = now;
+    Scope {
+        kind: kind.to_owned(),
+        secs: period.duration.as_secs_f64(),
+        saturated: period.saturated,
+        mean_offered_load: period.load.mean,
+        peak_offered_load: period.load.peak,
     }
 }
 
 impl Report {
-    /// Builds the report from a snapshot and the timeline.
+    /// Builds the report from a view of the pool.
     pub(crate) fn build(
-        snapshot: &PoolSnapshot,
-        timeline: Vec<PressureSample>,
-        hold_threshold: Duration,
+        view: &PoolView,
+        observer: &Observer,
+        server: Option<&ServerSnapshot>,
     ) -> Report {
-        let sites: Vec<SiteLine> = snapshot.sites.iter().map(SiteLine::from_snapshot).collect();
-        let spans = snapshot.spans.iter().map(SpanLine::from_snapshot).collect();
-        let flagged = snapshot
-            .outstanding
+        let snapshot = view.snapshot(observer);
+        let timeline = view.timeline();
+        let threshold = view.hold_threshold;
+        let server = server.filter(|s| s.is_fresh(view.now));
+        let joined = server.map(|s| server::join(&view.holders, s));
+        let holders: Vec<HolderLine> = view
+            .holders
             .iter()
-            .filter(|g| g.held >= hold_threshold)
-            .map(|g| FlaggedGuard {
-                guard: g.id,
-                site: g.site.to_string(),
-                span: g.span.map(|s| s.name.to_owned()),
-                held_ms: ms(g.held),
+            .enumerate()
+            .map(|(i, h)| HolderLine {
+                guard: h.id,
+                site: h.site().to_string(),
+                span: h.span.map(|s| s.name.to_owned()),
+                held_ms: ms(h.held(view.now)),
+                state: crate::view::holder_state(h).map(|s| s.as_str().to_owned()),
+                backend_pid: h.activity.as_ref().and_then(|a| a.backend_pid),
+                statement: h
+                    .activity
+                    .as_ref()
+                    .and_then(|a| a.last_statement.as_deref())
+                    .and_then(|raw| observer.statement(raw)),
+                idle_ms: h.activity.as_ref().map(|a| {
+                    if a.in_call() {
+                        0.0
+                    } else {
+                        ms(a.last_call_ended.unwrap_or(h.acquired).until(view.now))
+                    }
+                }),
+                server: joined.as_ref().and_then(|j| {
+                    let backend = j.backends[i]?;
+                    Some(server_state(backend, &j.blockers[i], &view.holders))
+                }),
             })
             .collect();
-        let pressure = Pressure::summarize(&timeline, snapshot, &sites);
-        let mut report = Report {
+        let server = server.map(|s| server_section(s, joined.as_ref(), &view.holders, view.now));
+        let flagged = holders
+            .iter()
+            .filter(|g| g.held_ms >= ms(threshold))
+            .map(|g| FlaggedGuard {
+                guard: g.guard,
+                site: g.site.clone(),
+                span: g.span.clone(),
+                held_ms: g.held_ms,
+            })
+            .collect();
+        let waiters: Vec<WaiterLine> = view
+            .waiters
+            .iter()
+            .map(|w| WaiterLine {
+                site: w.site().to_string(),
+                span: w.span.map(|s| s.name.to_owned()),
+                waited_ms: ms(w.waited(view.now)),
+                nested: w.nested,
+            })
+            .collect();
+        let now_period = facts::now(view);
+        let ctx = verdict::Context {
+            threshold,
+            holders: &holders,
+            waiters: &waiters,
+            timeline: &timeline,
+            spans_visible: snapshot.spans_visible,
+            past: false,
+            server: server.as_ref(),
+        };
+        let verdicts = verdict::diagnose(&now_period, &ctx);
+        let episodes = view
+            .archive
+            .episodes
+            .iter()
+            .filter(|e| e.ended.is_some())
+            .map(|episode| {
+                let period = facts::episode(view, episode);
+                let past = verdict::Context {
+                    past: true,
+                    holders: &[],
+                    waiters: &[],
+                    server: None,
+                    ..ctx
+                };
+                let counts = period.counts();
+                let total = period.total();
+                EpisodeReport {
+                    started_ago_secs: episode.started.until(view.now).as_secs_f64(),
+                    ended_ago_secs: episode
+                        .ended
+                        .map_or(0.0, |e| e.until(view.now).as_secs_f64()),
+                    duration_secs: period.duration.as_secs_f64(),
+                    peak_waiting: period.peak_waiting,
+                    waited_secs: total.waited.as_secs_f64(),
+                    failures: counts.failures.total(),
+                    cancelled: counts.cancelled,
+                    mean_offered_load: period.load.mean,
+                    peak_offered_load: period.load.peak,
+                    verdicts: verdict::diagnose(&period, &past),
+                }
+            })
+            .collect();
+        let pressure = Pressure::summarize(view, &timeline, &snapshot);
+        Report {
             pool: snapshot.pool.clone(),
-            hold_threshold_ms: ms(hold_threshold),
+            hold_threshold_ms: ms(threshold),
+            window_secs: snapshot.window.as_secs_f64(),
             status: snapshot.status,
+            now: scope(&now_period, view.now),
+            verdicts,
+            episodes,
             pressure,
             timeline,
-            verdicts: Vec::new(),
-            sites,
-            spans,
+            sites: snapshot.sites.iter().map(SiteLine::from_snapshot).collect(),
+            spans: snapshot.spans.iter().map(SpanLine::from_snapshot).collect(),
+            spans_visible: snapshot.spans_visible,
             flagged,
-        };
-        report.verdicts = verdict::diagnose(&report);
-        report
-    }
-
-    /// The verdict kinds, in the order found.
-    pub fn kinds(&self) -> Vec<VerdictKind> {
-        self.verdicts.iter().map(|v| v.kind).collect()
-    }
-
-    /// The pressure timeline as a self-contained SVG picture: connections in
-    /// use, idle and waiting over time, against the pool's maximum size.
-    pub fn timeline_svg(&self) -> String {
-        svg::timeline(&self.pool, &self.timeline)
-    }
-}
-
-impl SpanLine {
-    fn from_snapshot(s: &crate::snapshot::SpanSnapshot) -> Self {
-        SpanLine {
-            span: s.span.unwrap_or("(none)").to_owned(),
-            checkouts: s.checkouts,
-            outstanding: s.outstanding,
-            connection_secs: s.hold_total.as_secs_f64(),
-            hold_p99_ms: ms(s.hold.p99),
-            hold_max_ms: ms(s.hold.max),
-            busy_ratio: busy_ratio(s.database.busy_total, s.hold_total),
+            holders,
+            waiters,
+            server,
         }
     }
 }
 
+/// A holder's backend as the report shows it.
+fn server_state(
+    backend: &ServerBackend,
+    blockers: &[Blocker<'_>],
+    holders: &[Holder],
+) -> ServerState {
+    let mut state = ServerState {
+        state: backend.state.to_owned(),
+        doing: backend.describe(),
+        wait_event: backend.wait.clone(),
+        waiting_on_lock: backend.waiting_on_lock,
+        transaction_ms: backend.transaction_age.map(ms),
+        blocked_by_guards: Vec::new(),
+        blocked_by_outside: Vec::new(),
+    };
+    for blocker in blockers {
+        match blocker {
+            Blocker::Guard(i) => state.blocked_by_guards.push(holders[*i].id),
+            Blocker::Outside(b) => state.blocked_by_outside.push(b.pid),
+            Blocker::Unknown(pid) => state.blocked_by_outside.push(*pid),
+        }
+    }
+    state
+}
+
+/// The answer as a whole: its age, failure, what this role could not see,
+/// and the backends outside the pool that holders wait behind.
+fn server_section(
+    snapshot: &ServerSnapshot,
+    joined: Option<&server::Joined<'_>>,
+    holders: &[Holder],
+    now: Ticks,
+) -> ServerSection {
+    let mut outside: Vec<OutsideBackend> = Vec::new();
+    if let Some(joined) = joined {
+        for (i, blockers) in joined.blockers.iter().enumerate() {
+            for blocker in blockers {
+                let Blocker::Outside(b) = blocker else {
+                    continue;
+                };
+                let entry = match outside.iter().position(|o| o.pid == b.pid) {
+                    Some(at) => &mut outside[at],
+                    None => {
+                        outside.push(OutsideBackend {
+                            pid: b.pid,
+                            application_name: b.application_name.clone(),
+                            role: b.role.clone(),
+                            doing: b.describe(),
+                            transaction_ms: b.transaction_age.map(ms),
+                            statement: b.query.clone(),
+                            blocks_guards: Vec::new(),
+                        });
+                        outside.last_mut().expect("just pushed")
+                    }
+                };
+                entry.blocks_guards.push(holders[i].id);
+            }
+        }
+    }
+    ServerSection {
+        age_ms: ms(snapshot.age(now)),
+        error: snapshot.error.clone(),
+        not_visible: snapshot.not_visible.clone(),
+        outside,
+    }
+}
+
 impl Pressure {
-    fn summarize(timeline: &[PressureSample], snapshot: &PoolSnapshot, sites: &[SiteLine]) -> Self {
-        let held_secs: f64 = sites.iter().map(|s| s.connection_secs).sum();
+    fn summarize(view: &PoolView, timeline: &[PressureSample], snapshot: &PoolSnapshot) -> Self {
         let holds: u64 = snapshot.sites.iter().map(|s| s.hold.count).sum();
+        let held: Duration = snapshot.sites.iter().map(|s| s.hold_total).sum();
         let mean_hold_ms = if holds == 0 {
             0.0
         } else {
-            held_secs * 1000.0 / holds as f64
+            ms(held) / holds as f64
         };
         let n = timeline.len();
         let max_size = timeline
             .last()
-            .map_or(snapshot.status.max_size, |s| s.max_size);
+            .map_or(snapshot.status.max_size, |s| s.max_size)
+            .max(snapshot.status.max_size);
         let window_ms: u64 = timeline.iter().map(|s| s.interval_ms).sum();
+        let connection_ms: f64 = timeline.iter().map(|s| s.connection_ms).sum();
         let checkouts: u64 = timeline.iter().map(|s| s.checkouts).sum();
-        let peak_checkout_rate = timeline
+        let waited_anytime = timeline
             .iter()
-            .map(PressureSample::checkout_rate)
-            .fold(0.0, f64::max);
+            .any(|s| s.peak_waiting > 0 || s.waited_ms > 0.0)
+            || view.open_tick_saturated
+            || !view.waiters.is_empty();
+        let sampled_peak = timeline
+            .iter()
+            .map(|s| s.in_use)
+            .max()
+            .unwrap_or(0)
+            .max(snapshot.status.in_use());
+        let peak_in_use = if waited_anytime {
+            sampled_peak.max(max_size)
+        } else {
+            sampled_peak
+        };
         Pressure {
             samples: n,
             window_secs: window_ms as f64 / 1000.0,
             max_size,
-            peak_in_use: timeline.iter().map(|s| s.in_use).max().unwrap_or(0),
-            mean_in_use: if n == 0 {
+            peak_in_use,
+            mean_in_use: if window_ms == 0 {
                 0.0
             } else {
-                timeline.iter().map(|s| s.in_use as f64).sum::<f64>() / n as f64
+                connection_ms / window_ms as f64
             },
-            peak_waiting: timeline.iter().map(|s| s.waiting).max().unwrap_or(0),
+            peak_waiting: timeline
+                .iter()
+                .map(|s| s.peak_waiting.max(s.waiting))
+                .max()
+                .unwrap_or(0)
+                .max(snapshot.waiters.len())
+                .max(view.open_peak_waiting),
             saturated_share: if n == 0 {
                 0.0
             } else {
-                timeline
-                    .iter()
-                    .filter(|s| s.max_size > 0 && s.in_use >= s.max_size)
-                    .count() as f64
-                    / n as f64
+                timeline.iter().filter(|s| s.saturated).count() as f64 / n as f64
             },
             mean_checkout_rate: if window_ms == 0 {
                 0.0
             } else {
                 checkouts as f64 * 1000.0 / window_ms as f64
             },
-            peak_checkout_rate,
+            peak_checkout_rate: timeline
+                .iter()
+                .map(PressureSample::checkout_rate)
+                .fold(0.0, f64::max),
             mean_hold_ms,
-            peak_demand: peak_checkout_rate * mean_hold_ms / 1000.0,
+            peak_offered_load: timeline
+                .iter()
+                .map(PressureSample::offered_load)
+                .fold(0.0, f64::max),
         }
     }
 }

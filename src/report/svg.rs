@@ -139,6 +139,7 @@ mod tests {
                 max_size: 4,
                 checkouts: 3,
                 interval_ms: 1000,
+                ..PressureSample::default()
             })
             .collect();
         let svg = timeline("a<b", &samples);

@@ -1,69 +1,17 @@
-//! The verdict rules (documented in the module docs of [`super`]).
+//! The verdict rules (documented in the module docs of [`super`]). Each
+//! verdict lists its **causes** first (`evidence`, the culprit first) and
+//! those **affected** apart (`affected`): a caller that waited, or held a
+//! connection only while busy behind the culprit, is never named as a
+//! cause. Each verdict's sentence is chosen from its own evidence.
 
-use std::fmt;
+use std::time::Duration;
 
-use super::{Report, SiteLine};
-
-/// What the evidence says about the pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub enum VerdictKind {
-    /// Connections borrowed and not given back, or given back by an error
-    /// path: fix the code path.
-    Leak,
-    /// Connections held across unrelated work or open transactions: shorten
-    /// the hold.
-    LongHold,
-    /// Holds are short; demand × hold time approaches the pool size: grow
-    /// the pool or smooth the demand.
-    ConcurrencyGrowth,
-    /// Nothing to fix.
-    Healthy,
-}
-
-impl VerdictKind {
-    /// The name used in reports: `leak`, `long hold`, `concurrency growth`,
-    /// `healthy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerdictKind::Leak => "leak",
-            VerdictKind::LongHold => "long hold",
-            VerdictKind::ConcurrencyGrowth => "concurrency growth",
-            VerdictKind::Healthy => "healthy",
-        }
-    }
-}
-
-impl fmt::Display for VerdictKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One verdict with the evidence that carries it.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct Verdict {
-    /// Which verdict.
-    pub kind: VerdictKind,
-    /// One sentence: why.
-    pub reason: String,
-    /// The call sites and spans that carry it, with their numbers.
-    pub evidence: Vec<Evidence>,
-}
-
-/// A site or span and what it did.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[non_exhaustive]
-pub struct Evidence {
-    /// `file:line:column`, or `span <name>`, or `pool`.
-    pub subject: String,
-    /// What it did, with numbers.
-    pub detail: String,
-}
+use super::facts::{Party, Period};
+use super::types::{Evidence, HolderLine, ServerSection, Verdict, VerdictKind, WaiterLine};
+use crate::human::human;
+use crate::ledger::Usage;
+use crate::site::CallSite;
+use crate::timeline::PressureSample;
 
 fn evidence(subject: impl Into<String>, detail: String) -> Evidence {
     Evidence {
@@ -72,235 +20,847 @@ fn evidence(subject: impl Into<String>, detail: String) -> Evidence {
     }
 }
 
-/// Mean hold from which a low busy ratio counts as a long hold.
-const LONG_MEAN_HOLD_MS: f64 = 50.0;
-/// Busy ratio under which a hold is mostly outside the database.
-const LOW_BUSY_RATIO: f64 = 0.5;
-/// Idle share of transaction time that counts, and the minimum total.
-const IDLE_TRANSACTION_SHARE: f64 = 0.5;
-const MIN_TRANSACTION_MS: f64 = 100.0;
-/// Share of all connection time that makes a span "the" holder.
-const DOMINANT_SPAN_SHARE: f64 = 0.5;
-/// Little's law demand, as a share of max size, that counts as growth.
-const DEMAND_SHARE: f64 = 0.8;
-/// A p99 wait that counts as waiters seen.
-const WAITERS_P99_MS: f64 = 10.0;
+/// A party must hold at least this share of the period's connection time
+/// to be a culprit.
+const CULPRIT_SHARE: f64 = 0.10;
+/// Time not spent on database work that makes a holder a culprit: at
+/// least this share of what it held, and at least [`MIN_NOT_DB`].
+const NOT_DB_SHARE: f64 = 0.25;
+const MIN_NOT_DB: Duration = Duration::from_millis(50);
+/// Offered load, as a share of the pool's size, that counts as growth.
+const LOAD_SHARE: f64 = 0.8;
+/// Busy share of a party's held time that makes it "busy in the database".
+const BUSY_SHARE: f64 = 0.5;
 
-pub(super) fn diagnose(report: &Report) -> Vec<Verdict> {
+/// What the rules need besides the period.
+pub(super) struct Context<'a> {
+    pub(super) threshold: Duration,
+    /// Guards held now (for "now" only).
+    pub(super) holders: &'a [HolderLine],
+    /// Acquires waiting now (for "now" only).
+    pub(super) waiters: &'a [WaiterLine],
+    /// The timeline (for the in-use trend), now only.
+    pub(super) timeline: &'a [PressureSample],
+    /// Whether spans were visible (else no span is named).
+    pub(super) spans_visible: bool,
+    /// A past episode rather than now.
+    pub(super) past: bool,
+    /// What the database server said about the holders (now only).
+    pub(super) server: Option<&'a ServerSection>,
+}
+
+fn pct(part: Duration, whole: Duration) -> f64 {
+    if whole.is_zero() {
+        0.0
+    } else {
+        part.as_secs_f64() * 100.0 / whole.as_secs_f64()
+    }
+}
+
+fn secs(d: Duration) -> String {
+    human(d).to_string()
+}
+
+fn span_suffix(party: &Party, ctx: &Context<'_>) -> String {
+    match party.span {
+        Some(span) if ctx.spans_visible => format!(" (span {span})"),
+        _ => String::new(),
+    }
+}
+
+pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
-    verdicts.extend(leak(report));
-    let long = long_hold(report);
+    // What the server says first: who blocks whom is a fact, not an
+    // inference, and its victims must not be blamed by the rules below.
+    let locks = lock_chains(period, ctx);
+    let (lock_guards, lock_sites) = locks
+        .as_ref()
+        .map(|l| (l.1.clone(), l.2.clone()))
+        .unwrap_or_default();
+    let has_locks = locks.is_some();
+    verdicts.extend(locks.map(|l| l.0));
+    let leak = leak(period, ctx, &lock_guards);
+    let leak_sites: Vec<CallSite> = leak.as_ref().map(|v| v.1.clone()).unwrap_or_default();
+    verdicts.extend(leak.map(|v| v.0));
+    verdicts.extend(cleanup_path(period, ctx));
+    verdicts.extend(nested(period, ctx));
+    let mut excluded = leak_sites.clone();
+    excluded.extend(lock_sites);
+    let long = long_hold(period, ctx, &excluded);
     let has_long_hold = long.is_some();
     verdicts.extend(long);
-    if !has_long_hold {
-        verdicts.extend(concurrency_growth(report));
+    if !has_long_hold && !has_locks {
+        verdicts.extend(concurrency_growth(period, ctx, &leak_sites));
     }
     if verdicts.is_empty() {
         verdicts.push(Verdict {
             kind: VerdictKind::Healthy,
             reason: format!(
-                "no guard out past the {:.0} ms threshold, no error-path endings, holds short, demand under the pool size",
-                report.hold_threshold_ms
+                "no guard out past the {} threshold, no error-path endings, holds short, demand under the pool size",
+                secs(ctx.threshold)
             ),
             evidence: Vec::new(),
+            affected: Vec::new(),
         });
     }
     verdicts
 }
 
-fn leak(report: &Report) -> Option<Verdict> {
-    let mut found = Vec::new();
-    // Guards out past the threshold, grouped by site.
-    let mut flagged_sites: Vec<(&str, usize, f64)> = Vec::new();
-    for guard in &report.flagged {
-        match flagged_sites.iter_mut().find(|(s, _, _)| *s == guard.site) {
-            Some((_, n, oldest)) => {
-                *n += 1;
-                *oldest = oldest.max(guard.held_ms);
+/// Callers that waited (or gave up, or timed out) during the period,
+/// excluding `causes`: the affected of every verdict.
+fn waiting_parties(period: &Period, causes: &[(CallSite, Option<&'static str>)]) -> Vec<Evidence> {
+    let mut affected: Vec<&Party> = period
+        .parties
+        .iter()
+        .filter(|p| {
+            !p.usage.waited.is_zero() || p.counts.failures.total() > 0 || p.counts.cancelled > 0
+        })
+        .filter(|p| !causes.contains(&(p.site, p.span)))
+        .collect();
+    affected.sort_by_key(|p| std::cmp::Reverse(p.usage.waited));
+    affected
+        .into_iter()
+        .take(5)
+        .map(|p| {
+            let mut detail = format!("waited {} in all for a connection", secs(p.usage.waited));
+            if p.counts.waits > 0 {
+                detail.push_str(&format!(
+                    " ({} acquires waited, the longest {})",
+                    p.counts.waits,
+                    secs(p.counts.longest_wait)
+                ));
             }
-            None => flagged_sites.push((&guard.site, 1, guard.held_ms)),
+            if p.counts.failures.timeouts > 0 {
+                detail.push_str(&format!("; {} timed out", p.counts.failures.timeouts));
+            }
+            if p.counts.cancelled > 0 {
+                detail.push_str(&format!("; {} gave up (cancelled)", p.counts.cancelled));
+            }
+            evidence(p.site.to_string(), detail)
+        })
+        .collect()
+}
+
+fn leak(
+    period: &Period,
+    ctx: &Context<'_>,
+    lock_holders: &[u64],
+) -> Option<(Verdict, Vec<CallSite>)> {
+    let mut found = Vec::new();
+    let mut sites = Vec::new();
+    if !ctx.past {
+        // Guards out past the threshold, not in a database call, at a site
+        // whose holds do not normally last that long: not coming back.
+        // (One others wait behind is the lock-chain verdict's culprit.)
+        let mut groups: Vec<(String, usize, f64, Vec<&'static str>)> = Vec::new();
+        for guard in ctx
+            .holders
+            .iter()
+            .filter(|g| g.held_ms >= ms(ctx.threshold) && !lock_holders.contains(&g.guard))
+        {
+            if guard.state.as_deref() == Some("in a database call") {
+                continue; // a long call: the long-hold rules speak of it
+            }
+            if guard.idle_ms.is_some_and(|idle| idle < ms(ctx.threshold)) {
+                continue; // still making calls: in use, a long hold at most
+            }
+            let site_returns_such_holds = period.parties.iter().any(|p| {
+                p.site.to_string() == guard.site && ms(p.counts.longest_hold) * 2.0 >= guard.held_ms
+            });
+            if site_returns_such_holds {
+                continue;
+            }
+            let state = guard.state.as_deref().unwrap_or("not observed");
+            let state = leak_state(state);
+            match groups.iter_mut().find(|(s, ..)| *s == guard.site) {
+                Some((_, n, oldest, states)) => {
+                    *n += 1;
+                    *oldest = oldest.max(guard.held_ms);
+                    if !states.contains(&state) {
+                        states.push(state);
+                    }
+                }
+                None => groups.push((guard.site.clone(), 1, guard.held_ms, vec![state])),
+            }
         }
-    }
-    for (site, n, oldest) in flagged_sites {
-        found.push(evidence(
-            site,
-            format!(
-                "{n} guard(s) still out past the {:.0} ms threshold, oldest held {:.0} ms",
-                report.hold_threshold_ms, oldest
-            ),
-        ));
-    }
-    for site in &report.sites {
-        let e = site.error_paths;
-        let mut kinds = Vec::new();
-        if e.panicked > 0 {
-            kinds.push(format!("{} dropped while panicking", e.panicked));
-        }
-        if e.rolled_back_by_drop > 0 {
-            kinds.push(format!(
-                "{} transaction(s) rolled back by drop",
-                e.rolled_back_by_drop
-            ));
-        }
-        if e.open_transaction_at_return > 0 {
-            kinds.push(format!(
-                "{} returned with a transaction open",
-                e.open_transaction_at_return
-            ));
-        }
-        if e.in_flight_at_drop > 0 {
-            kinds.push(format!(
-                "{} dropped with a call in flight",
-                e.in_flight_at_drop
-            ));
-        }
-        if !kinds.is_empty() {
+        groups.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.total_cmp(&a.2)));
+        for (site, n, oldest, states) in groups {
             found.push(evidence(
-                &site.site,
-                format!("error-path endings: {}", kinds.join(", ")),
+                &site,
+                format!(
+                    "{n} guard(s) out past the {} threshold and not coming back, oldest held {} ({}); no hold of this site ended after half as long",
+                    secs(ctx.threshold),
+                    secs(Duration::from_secs_f64(oldest / 1000.0)),
+                    states.join(", ")
+                ),
             ));
+            if let Some(site) = period
+                .parties
+                .iter()
+                .map(|p| p.site)
+                .find(|s| s.to_string() == site)
+            {
+                sites.push(site);
+            }
         }
-    }
-    if let Some(growth) = in_use_growth_with_flat_demand(report) {
-        found.push(evidence("pool", growth));
+        // Growth explained by holders that are working (in a call, making
+        // calls, or blocked behind a lock) is not a leak.
+        let idle_holders = ctx.holders.iter().any(|h| {
+            h.state.as_deref() != Some("in a database call")
+                && !lock_holders.contains(&h.guard)
+                && h.idle_ms.is_none_or(|idle| idle >= ms(ctx.threshold))
+        });
+        if idle_holders && lock_holders.is_empty() {
+            if let Some(growth) = in_use_growth_with_flat_demand(ctx.timeline, period.max_size) {
+                found.push(evidence("pool", growth));
+            }
+        }
     }
     if found.is_empty() {
         return None;
     }
-    Some(Verdict {
-        kind: VerdictKind::Leak,
-        reason: "connections are not coming back, or come back through error paths".to_owned(),
-        evidence: found,
-    })
+    let causes: Vec<(CallSite, Option<&'static str>)> = period
+        .parties
+        .iter()
+        .filter(|p| sites.contains(&p.site))
+        .map(|p| (p.site, p.span))
+        .collect();
+    Some((
+        Verdict {
+            kind: VerdictKind::Leak,
+            reason: "connections are not coming back: held past the threshold with nothing running on them".to_owned(),
+            evidence: found,
+            affected: waiting_parties(period, &causes),
+        },
+        sites,
+    ))
 }
 
-/// Compares the first and last thirds of the timeline.
-fn in_use_growth_with_flat_demand(report: &Report) -> Option<String> {
-    let t = &report.timeline;
+/// Whom blocked holders wait behind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockRoot {
+    Guard(u64),
+    Outside(i32),
+}
+
+/// Holders the server shows waiting in the database behind another
+/// backend: the heads of the chains are the culprits (a guard of this
+/// pool, or a backend outside it), the waiting holders affected. Returns
+/// the verdict, the culprit guards, and the sites involved (culprits' and
+/// victims', which the inferring rules then leave alone).
+fn lock_chains(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<CallSite>)> {
+    if ctx.past {
+        return None;
+    }
+    let mut chains: Vec<(LockRoot, Vec<&HolderLine>)> = Vec::new();
+    for holder in ctx.holders {
+        let Some(server) = &holder.server else {
+            continue;
+        };
+        let roots = server
+            .blocked_by_guards
+            .iter()
+            .map(|g| LockRoot::Guard(*g))
+            .chain(
+                server
+                    .blocked_by_outside
+                    .iter()
+                    .map(|p| LockRoot::Outside(*p)),
+            );
+        for root in roots {
+            match chains.iter_mut().find(|(r, _)| *r == root) {
+                Some((_, victims)) => victims.push(holder),
+                None => chains.push((root, vec![holder])),
+            }
+        }
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    chains.sort_by_key(|(_, victims)| std::cmp::Reverse(victims.len()));
+    let span_of = |span: &Option<String>| match span {
+        Some(span) if ctx.spans_visible => format!(" (span {span})"),
+        _ => String::new(),
+    };
+    let mut found = Vec::new();
+    let mut culprits = Vec::new();
+    let mut involved: Vec<&str> = Vec::new();
+    let mut names: Vec<(LockRoot, String)> = Vec::new();
+    for (root, victims) in &chains {
+        let n = victims.len();
+        match *root {
+            LockRoot::Guard(id) => {
+                let Some(culprit) = ctx.holders.iter().find(|h| h.guard == id) else {
+                    continue;
+                };
+                culprits.push(id);
+                involved.push(&culprit.site);
+                let doing = culprit_doing(culprit);
+                names.push((
+                    *root,
+                    format!(
+                        "guard {id} at {}{}, {doing}",
+                        culprit.site,
+                        span_of(&culprit.span)
+                    ),
+                ));
+                let mut detail = format!(
+                    "guard {id}{} holds what {n} checkout(s) of this pool wait for in the database: {doing}",
+                    span_of(&culprit.span)
+                );
+                if let Some(tx) = culprit.server.as_ref().and_then(|s| s.transaction_ms) {
+                    detail.push_str(&format!(
+                        ", its transaction open for {}",
+                        secs(Duration::from_secs_f64(tx / 1000.0))
+                    ));
+                }
+                if let Some(statement) = &culprit.statement {
+                    detail.push_str(&format!("; last statement: {statement}"));
+                }
+                found.push(evidence(culprit.site.clone(), detail));
+            }
+            LockRoot::Outside(pid) => {
+                let outside = ctx
+                    .server
+                    .and_then(|s| s.outside.iter().find(|o| o.pid == pid));
+                let (who, mut detail) = match outside {
+                    Some(o) => {
+                        let mut who = format!("backend {pid} outside the pool");
+                        if let Some(app) = o.application_name.as_deref().filter(|a| !a.is_empty()) {
+                            who.push_str(&format!(" ({app})"));
+                        }
+                        let mut detail = o.doing.clone();
+                        if let Some(role) = &o.role {
+                            detail.push_str(&format!(", as role {role}"));
+                        }
+                        if let Some(tx) = o.transaction_ms {
+                            detail.push_str(&format!(
+                                ", its transaction open for {}",
+                                secs(Duration::from_secs_f64(tx / 1000.0))
+                            ));
+                        }
+                        (who, detail)
+                    }
+                    None if pid == 0 => ("a prepared transaction".to_owned(), String::new()),
+                    None => (format!("backend {pid}"), String::new()),
+                };
+                names.push((*root, who.clone()));
+                if !detail.is_empty() {
+                    detail.push_str("; ");
+                }
+                detail.push_str(&format!("holds what {n} checkout(s) of this pool wait for"));
+                if let Some(statement) = outside.and_then(|o| o.statement.as_deref()) {
+                    detail.push_str(&format!("; statement: {statement}"));
+                }
+                found.push(evidence(who, detail));
+            }
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    // The blocked, by site and span, each with whom it waits behind.
+    let mut affected: Vec<Evidence> = Vec::new();
+    let mut groups: Vec<Blocked<'_>> = Vec::new();
+    for (root, victims) in &chains {
+        let Some((_, name)) = names.iter().find(|(r, _)| r == root) else {
+            continue;
+        };
+        for victim in victims {
+            involved.push(&victim.site);
+            match groups
+                .iter_mut()
+                .find(|g| g.site == victim.site && g.span == &victim.span)
+            {
+                Some(g) => {
+                    g.count += 1;
+                    g.longest_ms = g.longest_ms.max(victim.held_ms);
+                    if !g.behind.contains(&name.as_str()) {
+                        g.behind.push(name);
+                    }
+                }
+                None => groups.push(Blocked {
+                    site: &victim.site,
+                    span: &victim.span,
+                    count: 1,
+                    longest_ms: victim.held_ms,
+                    behind: vec![name],
+                }),
+            }
+        }
+    }
+    for g in groups {
+        affected.push(evidence(
+            g.site,
+            format!(
+                "{} checkout(s){} blocked in the database by {}; held up to {} so far",
+                g.count,
+                span_of(g.span),
+                g.behind.join(" and "),
+                secs(Duration::from_secs_f64(g.longest_ms / 1000.0))
+            ),
+        ));
+    }
+    let sites: Vec<CallSite> = period
+        .parties
+        .iter()
+        .map(|p| p.site)
+        .filter(|s| {
+            let s = s.to_string();
+            involved.contains(&s.as_str())
+        })
+        .collect();
+    // Callers that waited for a connection meanwhile are affected too,
+    // unless they are the culprits' own sites.
+    let culprit_sites: Vec<&str> = culprits
+        .iter()
+        .filter_map(|id| ctx.holders.iter().find(|h| h.guard == *id))
+        .map(|h| h.site.as_str())
+        .collect();
+    let causes: Vec<(CallSite, Option<&'static str>)> = period
+        .parties
+        .iter()
+        .filter(|p| culprit_sites.contains(&p.site.to_string().as_str()))
+        .map(|p| (p.site, p.span))
+        .collect();
+    affected.extend(waiting_parties(period, &causes));
+    let reason = format!(
+        "checkouts are blocked in the database by {}",
+        names.first().map_or("another backend", |(_, n)| n.as_str())
+    );
+    Some((
+        Verdict {
+            kind: VerdictKind::LongHold,
+            reason,
+            evidence: found,
+            affected,
+        },
+        culprits,
+        sites,
+    ))
+}
+
+/// Blocked holders at one site and span, and whom they wait behind.
+struct Blocked<'a> {
+    site: &'a str,
+    span: &'a Option<String>,
+    count: usize,
+    longest_ms: f64,
+    behind: Vec<&'a str>,
+}
+
+/// What a lock holder is doing: the server's words, else the client's.
+fn culprit_doing(holder: &HolderLine) -> String {
+    match (&holder.server, &holder.state) {
+        (Some(server), _) => server.doing.clone(),
+        (None, Some(state)) => state.clone(),
+        (None, None) => "what it does is not observed".to_owned(),
+    }
+}
+
+fn leak_state(state: &str) -> &'static str {
+    match state {
+        "idle in transaction" => "idle in transaction",
+        "idle" => "idle, outside any call",
+        _ => "what the holder does is not observed",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Compares the first and last thirds of the timeline: mean connections
+/// in use (from measured connection time) grew by at least a quarter of
+/// the pool (and at least one) while the checkout rate did not grow by
+/// more than a quarter.
+fn in_use_growth_with_flat_demand(t: &[PressureSample], max_size: usize) -> Option<String> {
     if t.len() < 6 {
         return None;
     }
     let third = t.len() / 3;
-    let mean = |xs: &[crate::timeline::PressureSample],
-                f: fn(&crate::timeline::PressureSample) -> f64| {
+    let mean = |xs: &[PressureSample], f: fn(&PressureSample) -> f64| {
         xs.iter().map(f).sum::<f64>() / xs.len() as f64
     };
     let (first, last) = (&t[..third], &t[t.len() - third..]);
-    let in_use_first = mean(first, |s| s.in_use as f64);
-    let in_use_last = mean(last, |s| s.in_use as f64);
+    let in_use_first = mean(first, |s| s.mean_in_use());
+    let in_use_last = mean(last, |s| s.mean_in_use());
     let rate_first = mean(first, |s| s.checkout_rate());
     let rate_last = mean(last, |s| s.checkout_rate());
-    let max_size = report.pressure.max_size.max(1) as f64;
+    let max_size = max_size.max(1) as f64;
     let grew = in_use_last - in_use_first >= (max_size / 4.0).max(1.0);
     let demand_flat = rate_last <= rate_first * 1.25 + 0.5;
     (grew && demand_flat).then(|| {
         format!(
-            "in use grew from {in_use_first:.1} to {in_use_last:.1} of {max_size:.0} while checkouts went from {rate_first:.1}/s to {rate_last:.1}/s"
+            "in use grew from {in_use_first:.1} to {in_use_last:.1} of {max_size:.0} on average while checkouts went from {rate_first:.1}/s to {rate_last:.1}/s"
         )
     })
 }
 
-fn long_hold(report: &Report) -> Option<Verdict> {
-    let threshold = report.hold_threshold_ms;
-    let mut found = Vec::new();
-    for site in report.sites.iter().filter(|s| s.checkouts > 0) {
-        if let Some(detail) = long_hold_of_site(site, threshold) {
-            found.push(evidence(&site.site, detail));
-        }
+fn cleanup_path(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
+    let mut culprits: Vec<&Party> = period
+        .parties
+        .iter()
+        .filter(|p| p.counts.error_paths() > 0)
+        .collect();
+    culprits.sort_by_key(|p| std::cmp::Reverse(p.counts.error_paths()));
+    if culprits.is_empty() {
+        return None;
     }
-    let total: f64 = report.spans.iter().map(|s| s.connection_secs).sum();
-    for span in &report.spans {
-        let share = if total > 0.0 {
-            span.connection_secs / total
-        } else {
-            0.0
-        };
-        if share > DOMINANT_SPAN_SHARE && span.hold_p99_ms >= threshold {
-            found.push(evidence(
-                format!("span {}", span.span),
-                format!(
-                    "holds {:.0}% of all connection time ({:.1} s over {} checkouts), p99 hold {:.0} ms",
-                    share * 100.0,
-                    span.connection_secs,
-                    span.checkouts,
-                    span.hold_p99_ms
-                ),
-            ));
+    let mut kinds_seen = Vec::new();
+    let found = culprits
+        .iter()
+        .map(|p| {
+            let c = &p.counts;
+            let mut kinds = Vec::new();
+            if c.database.rolled_back_by_drop > 0 {
+                kinds.push(format!(
+                    "{} transaction(s) rolled back by drop (dropped without commit or rollback: a `?` returned early inside the transaction)",
+                    c.database.rolled_back_by_drop
+                ));
+                kinds_seen.push("rolled back by drop");
+            }
+            if c.database.open_transaction_at_return > 0 {
+                kinds.push(format!(
+                    "{} returned inside an open transaction",
+                    c.database.open_transaction_at_return
+                ));
+                kinds_seen.push("returned inside a transaction");
+            }
+            if c.database.in_flight_at_return > 0 {
+                kinds.push(format!(
+                    "{} dropped with a database call in flight (its future dropped unfinished)",
+                    c.database.in_flight_at_return
+                ));
+                kinds_seen.push("dropped mid-call");
+            }
+            if c.outcomes.dropped_while_panicking > 0 {
+                kinds.push(format!(
+                    "{} dropped while panicking",
+                    c.outcomes.dropped_while_panicking
+                ));
+                kinds_seen.push("dropped while panicking");
+            }
+            evidence(
+                p.site.to_string(),
+                format!("{} of {} holds ended on an error path{}: {}", c.error_paths(), c.holds, span_suffix(p, ctx), kinds.join("; ")),
+            )
+        })
+        .collect();
+    kinds_seen.dedup();
+    Some(Verdict {
+        kind: VerdictKind::CleanupPath,
+        reason: format!(
+            "connections come back through error paths ({}): the cleanup path of this code is the bug",
+            kinds_seen.join(", ")
+        ),
+        evidence: found,
+        affected: Vec::new(),
+    })
+}
+
+fn nested(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
+    let mut found = Vec::new();
+    for waiter in ctx.waiters.iter().filter(|w| w.nested) {
+        found.push(evidence(
+            &waiter.site,
+            format!(
+                "waiting {} for a second connection while its task already holds one of this pool",
+                secs(Duration::from_secs_f64(waiter.waited_ms / 1000.0))
+            ),
+        ));
+    }
+    for party in period.parties.iter().filter(|p| p.counts.nested > 0) {
+        let site = party.site.to_string();
+        if found.iter().any(|e| e.subject == site) {
+            continue;
         }
+        found.push(evidence(
+            site,
+            format!(
+                "{} acquire(s) had to wait while their task already held a connection of this pool{}",
+                party.counts.nested,
+                span_suffix(party, ctx)
+            ),
+        ));
     }
     if found.is_empty() {
         return None;
     }
     Some(Verdict {
-        kind: VerdictKind::LongHold,
-        reason: "connections come back, but are held across work that is not database work"
-            .to_owned(),
+        kind: VerdictKind::NestedCheckout,
+        reason: format!(
+            "a task holding a connection waits for a second one of the same pool: once all {} connections are held that way nothing proceeds (self-deadlock); take the second connection first, or pass the first one down",
+            period.max_size
+        ),
         evidence: found,
+        affected: Vec::new(),
     })
 }
 
-fn long_hold_of_site(site: &SiteLine, threshold_ms: f64) -> Option<String> {
-    let busy = site
-        .busy_ratio
-        .map(|r| format!(", {:.0}% of it in the database", r * 100.0))
-        .unwrap_or_default();
-    if site.hold_p99_ms >= threshold_ms {
-        return Some(format!(
-            "p99 hold {:.0} ms (max {:.0} ms) past the {threshold_ms:.0} ms threshold over {} checkouts{busy}",
-            site.hold_p99_ms, site.hold_max_ms, site.checkouts
-        ));
+/// Which way a culprit holds its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holding {
+    IdleInTransaction,
+    Outside,
+    Unobserved,
+    SlowCalls,
+}
+
+fn holding(usage: &Usage) -> Holding {
+    if usage.unobserved >= usage.held / 2 {
+        return Holding::Unobserved;
     }
-    if let Some(ratio) = site.busy_ratio {
-        if ratio < LOW_BUSY_RATIO && site.hold_mean_ms >= LONG_MEAN_HOLD_MS {
-            return Some(format!(
-                "mean hold {:.0} ms, only {:.0}% of it in the database",
-                site.hold_mean_ms,
-                ratio * 100.0
+    let outside = usage.outside();
+    let not_db = usage.not_database_work();
+    if not_db < usage.busy {
+        Holding::SlowCalls
+    } else if usage.idle_in_transaction >= outside {
+        Holding::IdleInTransaction
+    } else {
+        Holding::Outside
+    }
+}
+
+fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Option<Verdict> {
+    let total = period.total();
+    if total.held.is_zero() {
+        return None;
+    }
+    let share = |p: &Party| p.usage.held.as_secs_f64() / total.held.as_secs_f64();
+    let is_culprit = |p: &Party| {
+        if leak_sites.contains(&p.site) || share(p) < CULPRIT_SHARE {
+            return false;
+        }
+        if p.observed() {
+            let not_db = p.usage.not_database_work();
+            not_db >= MIN_NOT_DB
+                && not_db.as_secs_f64() >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
+                && (period.saturated || p.counts.longest_hold >= ctx.threshold)
+        } else {
+            p.counts.longest_hold >= ctx.threshold
+        }
+    };
+    let mut culprits: Vec<&Party> = period.parties.iter().filter(|p| is_culprit(p)).collect();
+    // Not database work, most first.
+    culprits.sort_by(|a, b| {
+        b.usage
+            .not_database_work()
+            .cmp(&a.usage.not_database_work())
+            .then(b.usage.held.cmp(&a.usage.held))
+    });
+    let mut slow_calls = false;
+    if culprits.is_empty() {
+        // No one holds connections idle; holds past the threshold spent in
+        // database calls are the finding (slow statements, lock waits).
+        culprits = period
+            .parties
+            .iter()
+            .filter(|p| {
+                !leak_sites.contains(&p.site)
+                    && p.counts.longest_hold >= ctx.threshold
+                    && share(p) >= CULPRIT_SHARE / 2.0
+            })
+            .collect();
+        culprits.sort_by_key(|p| std::cmp::Reverse(p.usage.held));
+        slow_calls = true;
+    }
+    if culprits.is_empty() {
+        return None;
+    }
+    culprits.truncate(3);
+    let top = holding(&culprits[0].usage);
+    let during = if period.saturated {
+        "during saturation"
+    } else {
+        "in this period"
+    };
+    let mut found = Vec::new();
+    for p in &culprits {
+        let u = &p.usage;
+        let mut detail = format!(
+            "held {} of connection time {during} ({:.0}% of the pool's)",
+            secs(u.held),
+            share(p) * 100.0
+        );
+        if p.observed() {
+            detail.push_str(&format!(
+                ": {:.0}% idle in transaction, {:.0}% outside any database call, {:.0}% in database calls",
+                pct(u.idle_in_transaction, u.held),
+                pct(u.outside(), u.held),
+                pct(u.busy, u.held)
+            ));
+        } else {
+            detail.push_str(": what it did with the connections is not observed");
+        }
+        if p.counts.holds > 0 {
+            detail.push_str(&format!(
+                "; {} holds ended, the longest {}",
+                p.counts.holds,
+                secs(p.counts.longest_hold)
+            ));
+        }
+        if p.counts.longest_hold >= ctx.threshold {
+            detail.push_str(&format!(" (threshold {})", secs(ctx.threshold)));
+        }
+        detail.push_str(&span_suffix(p, ctx));
+        found.push(evidence(p.site.to_string(), detail));
+        if let (Some(span), true) = (p.span, ctx.spans_visible) {
+            found.push(evidence(
+                format!("span {span}"),
+                format!(
+                    "its holds at {} make {:.0}% of the pool's connection time {during}",
+                    p.site,
+                    share(p) * 100.0
+                ),
             ));
         }
     }
-    if site.transaction_ms >= MIN_TRANSACTION_MS
-        && site.transaction_idle_ms > site.transaction_ms * IDLE_TRANSACTION_SHARE
-    {
-        return Some(format!(
-            "transactions open {:.0} ms in all, idle {:.0} ms of it (no call in flight)",
-            site.transaction_ms, site.transaction_idle_ms
-        ));
+    let reason = match (slow_calls, top) {
+        (true, _) | (false, Holding::SlowCalls) => {
+            "connections are held long inside database calls: slow statements, or statements waiting on locks"
+                .to_owned()
+        }
+        (false, Holding::IdleInTransaction) => {
+            "connections are held inside open transactions while no database call runs (idle in transaction): the transaction spans work that is not database work".to_owned()
+        }
+        (false, Holding::Outside) => {
+            "connections are held across work that is not database work".to_owned()
+        }
+        (false, Holding::Unobserved) => format!(
+            "connections are held past the {} threshold (what the holders do with them is not observed: the pool was not built by poolwatch)",
+            secs(ctx.threshold)
+        ),
+    };
+    let causes: Vec<(CallSite, Option<&'static str>)> =
+        culprits.iter().map(|p| (p.site, p.span)).collect();
+    let mut affected = Vec::new();
+    if !slow_calls && top == Holding::IdleInTransaction {
+        // Busy in the database while the culprit sat in its transaction:
+        // the pattern of statements blocked on the culprit's locks.
+        for p in period.parties.iter().filter(|p| {
+            !causes.contains(&(p.site, p.span))
+                && p.observed()
+                && p.usage.busy.as_secs_f64() >= BUSY_SHARE * p.usage.held.as_secs_f64()
+                && share(p) >= CULPRIT_SHARE / 2.0
+        }) {
+            affected.push(evidence(
+                p.site.to_string(),
+                format!(
+                    "held {} busy in the database ({:.0}% of its hold) while {} sat idle in transaction: likely blocked on its locks{}",
+                    secs(p.usage.busy),
+                    pct(p.usage.busy, p.usage.held),
+                    culprits[0].site,
+                    span_suffix(p, ctx)
+                ),
+            ));
+        }
     }
-    None
+    affected.extend(waiting_parties(period, &causes));
+    Some(Verdict {
+        kind: VerdictKind::LongHold,
+        reason,
+        evidence: found,
+        affected,
+    })
 }
 
-fn concurrency_growth(report: &Report) -> Option<Verdict> {
-    let p = &report.pressure;
-    let max_size = p.max_size;
-    if max_size == 0 {
+fn concurrency_growth(
+    period: &Period,
+    ctx: &Context<'_>,
+    leak_sites: &[CallSite],
+) -> Option<Verdict> {
+    let max_size = period.max_size;
+    if max_size == 0 || !period.saturated {
         return None;
     }
-    let timeouts: u64 = report.sites.iter().map(|s| s.timeouts).sum();
-    let worst_wait = report
-        .sites
+    // Connections a leak keeps are not demand: take them out of both the
+    // load and the capacity, so a leak alone never reads as growth.
+    let leaked: Duration = period
+        .parties
         .iter()
-        .map(|s| s.wait_p99_ms)
-        .fold(0.0, f64::max);
-    let waiters_seen = p.peak_waiting > 0 || timeouts > 0 || worst_wait >= WAITERS_P99_MS;
-    if !waiters_seen || p.peak_demand < DEMAND_SHARE * max_size as f64 {
+        .filter(|p| leak_sites.contains(&p.site))
+        .map(|p| p.usage.held)
+        .sum();
+    let leaked = if period.duration.is_zero() {
+        0.0
+    } else {
+        leaked.as_secs_f64() / period.duration.as_secs_f64()
+    };
+    let capacity = max_size as f64 - leaked;
+    if capacity < 0.5 {
         return None;
     }
-    let mut evidence_list = vec![evidence(
+    let load = period.load;
+    let (mean, peak) = (load.mean - leaked, load.peak - leaked);
+    let reaches = mean >= LOAD_SHARE * capacity || peak >= capacity;
+    if !reaches {
+        return None;
+    }
+    let demand: Vec<&Party> = period
+        .parties
+        .iter()
+        .filter(|p| !leak_sites.contains(&p.site) && !p.usage.held.is_zero())
+        .collect();
+    if demand.is_empty() {
+        return None;
+    }
+    // Holds still out count too: a pool full of long holds is not short
+    // holds piling up.
+    let outstanding = ctx
+        .holders
+        .iter()
+        .filter(|h| !leak_sites.iter().any(|s| s.to_string() == h.site))
+        .map(|h| Duration::from_secs_f64(h.held_ms / 1000.0))
+        .max()
+        .unwrap_or_default();
+    let longest = demand
+        .iter()
+        .map(|p| p.counts.longest_hold)
+        .max()
+        .unwrap_or_default()
+        .max(outstanding);
+    if longest >= ctx.threshold {
+        return None;
+    }
+    let total = period.total();
+    let counts = period.counts();
+    let busy = if total.unobserved >= total.held / 2 {
+        "the database share is not observed".to_owned()
+    } else {
+        format!(
+            "{:.0}% of the connection time in the database",
+            pct(total.busy, total.held)
+        )
+    };
+    let mut found = vec![evidence(
         "pool",
         format!(
-            "at the busiest tick {:.0} checkouts/s × mean hold {:.1} ms = {:.1} connections needed of {max_size}; peak waiting {}, timeouts {timeouts}, worst p99 wait {worst_wait:.0} ms",
-            p.peak_checkout_rate, p.mean_hold_ms, p.peak_demand, p.peak_waiting
+            "offered load {:.1} connections on average (peak {:.1}) for a pool of {max_size}{} over {} of saturation: connections in use plus callers waiting, from measured time; holds short (longest {}) with {busy}; {} checkouts, {} waited in all, peak {} waiting",
+            load.mean,
+            load.peak,
+            if leaked >= 0.05 {
+                format!(" of which leaks keep {leaked:.1}")
+            } else {
+                String::new()
+            },
+            secs(period.duration),
+            secs(longest),
+            counts.checkouts,
+            secs(total.waited),
+            period.peak_waiting
         ),
     )];
-    let mut busiest: Vec<&SiteLine> = report.sites.iter().filter(|s| s.checkouts > 0).collect();
-    busiest.sort_by_key(|s| std::cmp::Reverse(s.checkouts));
-    for site in busiest.into_iter().take(3) {
-        evidence_list.push(evidence(
-            &site.site,
+    for p in demand.iter().take(3) {
+        found.push(evidence(
+            p.site.to_string(),
             format!(
-                "{} checkouts, p99 hold {:.1} ms (short), p99 wait {:.1} ms",
-                site.checkouts, site.hold_p99_ms, site.wait_p99_ms
+                "{} checkouts, {} of connection time ({:.0}%), the longest hold {}{}",
+                p.counts.checkouts,
+                secs(p.usage.held),
+                pct(p.usage.held, total.held),
+                secs(p.counts.longest_hold),
+                span_suffix(p, ctx)
             ),
         ));
     }
@@ -309,208 +869,412 @@ fn concurrency_growth(report: &Report) -> Option<Verdict> {
         reason:
             "holds are short; the demand itself needs about as many connections as the pool has"
                 .to_owned(),
-        evidence: evidence_list,
+        evidence: found,
+        affected: Vec::new(),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ErrorPaths, FlaggedGuard, Pressure, SpanLine};
+    use super::super::facts::{Load, Party, Period, Span};
     use super::*;
-    use crate::snapshot::PoolStatus;
-    use crate::timeline::PressureSample;
+    use crate::ledger::{Counts, Ticks, Usage};
 
-    fn report(sites: Vec<SiteLine>) -> Report {
-        Report {
-            pool: "test".to_owned(),
-            hold_threshold_ms: 1000.0,
-            status: PoolStatus::default(),
-            pressure: Pressure {
-                max_size: 10,
-                ..Pressure::default()
-            },
-            timeline: Vec::new(),
-            verdicts: Vec::new(),
-            sites,
-            spans: Vec::new(),
-            flagged: Vec::new(),
-        }
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
-    fn site(name: &str, checkouts: u64, p99_ms: f64) -> SiteLine {
-        SiteLine {
-            site: name.to_owned(),
-            checkouts,
-            connection_secs: checkouts as f64 * p99_ms / 2000.0,
-            hold_mean_ms: p99_ms / 2.0,
-            hold_p50_ms: p99_ms / 2.0,
-            hold_p99_ms: p99_ms,
-            hold_max_ms: p99_ms,
-            ..SiteLine::default()
-        }
+    fn site(line: u32) -> CallSite {
+        CallSite::new("src/app.rs", line, 5)
     }
 
-    fn kinds(report: &Report) -> Vec<VerdictKind> {
-        diagnose(report).iter().map(|v| v.kind).collect()
-    }
-
-    #[test]
-    fn short_holds_and_no_waiters_are_healthy() {
-        let r = report(vec![site("src/api.rs:1:1", 500, 5.0)]);
-        assert_eq!(kinds(&r), vec![VerdictKind::Healthy]);
-    }
-
-    #[test]
-    fn flagged_guard_is_a_leak_naming_its_site() {
-        let mut r = report(vec![site("src/api.rs:1:1", 5, 5.0)]);
-        r.flagged.push(FlaggedGuard {
-            guard: 7,
-            site: "src/jobs.rs:42:9".to_owned(),
+    /// A party that held `held`, of which `busy` in calls and `idle` idle
+    /// in transaction; its holds ended, the longest `longest`.
+    fn party(line: u32, held: u64, busy: u64, idle: u64, longest: u64) -> Party {
+        Party {
+            site: site(line),
             span: None,
-            held_ms: 95_000.0,
-        });
-        let verdicts = diagnose(&r);
-        assert_eq!(verdicts[0].kind, VerdictKind::Leak);
-        assert_eq!(verdicts[0].evidence[0].subject, "src/jobs.rs:42:9");
-        assert!(verdicts[0].evidence[0].detail.contains("95000 ms"));
+            counts: Counts {
+                checkouts: 10,
+                holds: 10,
+                hold_total: ms(held),
+                longest_hold: ms(longest),
+                ..Counts::default()
+            },
+            usage: Usage {
+                held: ms(held),
+                busy: ms(busy),
+                idle_in_transaction: ms(idle),
+                ..Usage::default()
+            },
+        }
+    }
+
+    fn waiter(line: u32, waited: u64) -> Party {
+        let mut p = party(line, 0, 0, 0, 0);
+        p.counts.waits = 5;
+        p.usage.waited = ms(waited);
+        p
+    }
+
+    fn period(parties: Vec<Party>, saturated: bool, load: f64) -> Period {
+        Period {
+            span: Span::Window { since: Ticks::ZERO },
+            saturated,
+            duration: Duration::from_secs(1),
+            parties,
+            load: Load {
+                mean: load,
+                peak: load,
+            },
+            max_size: 4,
+            peak_waiting: if saturated { 3 } else { 0 },
+        }
+    }
+
+    fn ctx() -> Context<'static> {
+        Context {
+            threshold: ms(300),
+            holders: &[],
+            waiters: &[],
+            timeline: &[],
+            spans_visible: false,
+            past: false,
+            server: None,
+        }
+    }
+
+    fn kinds(verdicts: &[Verdict]) -> Vec<VerdictKind> {
+        verdicts.iter().map(|v| v.kind).collect()
     }
 
     #[test]
-    fn error_path_endings_are_a_leak() {
-        let mut s = site("src/api.rs:9:5", 20, 5.0);
-        s.error_paths = ErrorPaths {
-            rolled_back_by_drop: 3,
-            ..ErrorPaths::default()
-        };
-        let verdicts = diagnose(&report(vec![s]));
-        assert_eq!(verdicts[0].kind, VerdictKind::Leak);
+    fn short_busy_holds_without_waiters_are_healthy() {
+        let p = period(vec![party(1, 500, 480, 0, 20)], false, 0.5);
+        assert_eq!(kinds(&diagnose(&p, &ctx())), vec![VerdictKind::Healthy]);
+    }
+
+    #[test]
+    fn idle_in_transaction_is_the_culprit_and_busy_holders_are_affected() {
+        // A lock chain: the culprit sits in its transaction, the others
+        // are busy (blocked) in the database, more wait for a connection.
+        let p = period(
+            vec![
+                party(10, 3000, 200, 2700, 1600),
+                party(20, 4000, 3900, 0, 1500),
+                waiter(30, 2500),
+            ],
+            true,
+            5.0,
+        );
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::LongHold]);
+        let v = &verdicts[0];
+        assert!(v.evidence[0].subject.starts_with("src/app.rs:10:"), "{v:?}");
+        assert!(v.reason.contains("idle in transaction"), "{v:?}");
+        assert!(v
+            .evidence
+            .iter()
+            .all(|e| !e.subject.contains(":20:") && !e.subject.contains(":30:")));
+        assert!(v
+            .affected
+            .iter()
+            .any(|e| e.subject.contains(":20:") && e.detail.contains("blocked")));
+        assert!(v
+            .affected
+            .iter()
+            .any(|e| e.subject.contains(":30:") && e.detail.contains("waited")));
+    }
+
+    #[test]
+    fn work_outside_calls_is_a_long_hold_with_its_own_sentence() {
+        let p = period(
+            vec![party(10, 3000, 300, 0, 900), waiter(30, 800)],
+            true,
+            4.5,
+        );
+        let v = &diagnose(&p, &ctx())[0];
+        assert_eq!(v.kind, VerdictKind::LongHold);
+        assert!(v.reason.contains("not database work"), "{v:?}");
+    }
+
+    #[test]
+    fn slow_calls_are_named_only_when_nobody_holds_idle() {
+        let p = period(vec![party(10, 3000, 2950, 0, 900)], true, 4.0);
+        let v = &diagnose(&p, &ctx())[0];
+        assert_eq!(v.kind, VerdictKind::LongHold);
+        assert!(v.reason.contains("inside database calls"), "{v:?}");
+    }
+
+    #[test]
+    fn short_busy_holds_under_saturating_load_are_concurrency_growth() {
+        let p = period(
+            vec![party(10, 3800, 3600, 0, 40), waiter(10, 900)],
+            true,
+            4.4,
+        );
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::ConcurrencyGrowth]);
+        assert_eq!(verdicts[0].evidence[0].subject, "pool");
+    }
+
+    #[test]
+    fn load_under_the_pool_size_is_not_growth() {
+        let p = period(vec![party(10, 1000, 950, 0, 40), waiter(11, 10)], true, 1.5);
+        assert_eq!(kinds(&diagnose(&p, &ctx())), vec![VerdictKind::Healthy]);
+    }
+
+    #[test]
+    fn error_path_endings_are_a_cleanup_path_not_a_leak() {
+        let mut p = party(10, 100, 90, 0, 20);
+        p.counts.database.rolled_back_by_drop = 3;
+        let verdicts = diagnose(&period(vec![p], false, 0.2), &ctx());
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::CleanupPath]);
         assert!(verdicts[0].evidence[0]
             .detail
             .contains("3 transaction(s) rolled back by drop"));
     }
 
     #[test]
-    fn growth_in_use_with_flat_demand_is_a_leak() {
-        let mut r = report(vec![site("src/api.rs:1:1", 100, 5.0)]);
-        r.timeline = (0..9)
-            .map(|i| PressureSample {
-                offset_ms: i * 1000,
-                in_use: (i as usize) + 1,
-                max_size: 10,
-                checkouts: 10,
-                interval_ms: 1000,
-                ..PressureSample::default()
-            })
-            .collect();
-        let verdicts = diagnose(&r);
+    fn an_idle_guard_out_past_the_threshold_is_a_leak() {
+        let holders = [HolderLine {
+            guard: 7,
+            site: site(40).to_string(),
+            held_ms: 5000.0,
+            state: Some("idle".to_owned()),
+            ..HolderLine::default()
+        }];
+        let ctx = Context {
+            holders: &holders,
+            ..ctx()
+        };
+        let verdicts = diagnose(&period(vec![party(40, 5000, 10, 0, 0)], false, 1.0), &ctx);
         assert_eq!(verdicts[0].kind, VerdictKind::Leak);
-        assert_eq!(verdicts[0].evidence[0].subject, "pool");
-        assert!(verdicts[0].evidence[0].detail.contains("in use grew"));
-    }
-
-    #[test]
-    fn holds_past_the_threshold_are_a_long_hold() {
-        let r = report(vec![
-            site("src/api.rs:1:1", 500, 5.0),
-            site("src/jobs.rs:7:3", 3, 4000.0),
-        ]);
-        let verdicts = diagnose(&r);
-        assert_eq!(kinds(&r), vec![VerdictKind::LongHold]);
-        assert_eq!(verdicts[0].evidence.len(), 1);
-        assert_eq!(verdicts[0].evidence[0].subject, "src/jobs.rs:7:3");
-    }
-
-    #[test]
-    fn mostly_idle_holds_are_a_long_hold_below_the_threshold() {
-        let mut s = site("src/api.rs:3:3", 40, 300.0);
-        s.busy_ratio = Some(0.1);
-        let verdicts = diagnose(&report(vec![s]));
-        assert_eq!(verdicts[0].kind, VerdictKind::LongHold);
         assert!(verdicts[0].evidence[0]
-            .detail
-            .contains("only 10% of it in the database"));
-        // The same holds, busy in the database, are fine.
-        let mut busy = site("src/api.rs:3:3", 40, 300.0);
-        busy.busy_ratio = Some(0.95);
-        assert_eq!(kinds(&report(vec![busy])), vec![VerdictKind::Healthy]);
+            .subject
+            .starts_with("src/app.rs:40:"));
+        // Not also a long hold: the leak explains its connection time.
+        assert!(!kinds(&verdicts).contains(&VerdictKind::LongHold));
     }
 
     #[test]
-    fn idle_transactions_are_a_long_hold() {
-        let mut s = site("src/api.rs:4:4", 10, 20.0);
-        s.transaction_ms = 2000.0;
-        s.transaction_idle_ms = 1800.0;
-        let verdicts = diagnose(&report(vec![s]));
-        assert_eq!(verdicts[0].kind, VerdictKind::LongHold);
-        assert!(verdicts[0].evidence[0].detail.contains("idle 1800 ms"));
+    fn a_guard_in_a_long_call_is_not_a_leak() {
+        let holders = [HolderLine {
+            site: site(40).to_string(),
+            held_ms: 5000.0,
+            state: Some("in a database call".to_owned()),
+            ..HolderLine::default()
+        }];
+        let ctx = Context {
+            holders: &holders,
+            ..ctx()
+        };
+        let verdicts = diagnose(&period(vec![party(40, 5000, 4990, 0, 0)], false, 1.0), &ctx);
+        assert!(
+            !kinds(&verdicts).contains(&VerdictKind::Leak),
+            "{verdicts:?}"
+        );
     }
 
     #[test]
-    fn a_dominant_span_is_named() {
-        let mut r = report(vec![site("src/jobs.rs:7:3", 3, 4000.0)]);
-        r.spans = vec![
-            SpanLine {
-                span: "cleanup_job".to_owned(),
-                checkouts: 3,
-                connection_secs: 12.0,
-                hold_p99_ms: 4000.0,
-                ..SpanLine::default()
+    fn a_site_whose_holds_return_that_long_is_not_leaking() {
+        let holders = [HolderLine {
+            site: site(40).to_string(),
+            held_ms: 1000.0,
+            state: Some("idle".to_owned()),
+            ..HolderLine::default()
+        }];
+        let ctx = Context {
+            holders: &holders,
+            ..ctx()
+        };
+        let verdicts = diagnose(
+            &period(vec![party(40, 9000, 100, 0, 1200)], false, 1.0),
+            &ctx,
+        );
+        assert!(
+            !kinds(&verdicts).contains(&VerdictKind::Leak),
+            "{verdicts:?}"
+        );
+        assert!(
+            kinds(&verdicts).contains(&VerdictKind::LongHold),
+            "{verdicts:?}"
+        );
+    }
+
+    #[test]
+    fn a_nested_wait_is_a_self_deadlock_risk() {
+        let waiters = [WaiterLine {
+            site: site(50).to_string(),
+            waited_ms: 800.0,
+            nested: true,
+            ..WaiterLine::default()
+        }];
+        let ctx = Context {
+            waiters: &waiters,
+            ..ctx()
+        };
+        let verdicts = diagnose(&period(vec![party(50, 100, 90, 0, 10)], false, 1.0), &ctx);
+        assert_eq!(verdicts[0].kind, VerdictKind::NestedCheckout);
+        assert!(verdicts[0].reason.contains("self-deadlock"));
+    }
+
+    #[test]
+    fn a_leak_and_a_burst_at_once() {
+        let holders = [
+            HolderLine {
+                site: site(40).to_string(),
+                held_ms: 2000.0,
+                state: Some("idle".to_owned()),
+                ..HolderLine::default()
             },
-            SpanLine {
-                span: "handle_request".to_owned(),
-                checkouts: 500,
-                connection_secs: 1.0,
-                hold_p99_ms: 5.0,
-                ..SpanLine::default()
+            HolderLine {
+                site: site(40).to_string(),
+                held_ms: 2000.0,
+                state: Some("idle".to_owned()),
+                ..HolderLine::default()
             },
         ];
-        let verdicts = diagnose(&r);
-        assert!(verdicts[0]
-            .evidence
-            .iter()
-            .any(|e| e.subject == "span cleanup_job" && e.detail.contains("92%")));
-    }
-
-    #[test]
-    fn short_holds_with_demand_near_the_size_are_concurrency_growth() {
-        let mut r = report(vec![site("src/api.rs:1:1", 5000, 20.0)]);
-        r.pressure = Pressure {
-            max_size: 10,
-            peak_waiting: 6,
-            peak_checkout_rate: 500.0,
-            mean_hold_ms: 18.0,
-            peak_demand: 9.0,
-            ..Pressure::default()
+        let ctx = Context {
+            holders: &holders,
+            ..ctx()
         };
-        let verdicts = diagnose(&r);
-        assert_eq!(verdicts.len(), 1);
-        assert_eq!(verdicts[0].kind, VerdictKind::ConcurrencyGrowth);
+        let p = period(
+            vec![
+                party(40, 2000, 0, 0, 0),
+                party(10, 1900, 1800, 0, 30),
+                waiter(10, 1500),
+            ],
+            true,
+            5.4,
+        );
+        let verdicts = diagnose(&p, &ctx);
+        assert_eq!(verdicts[0].kind, VerdictKind::Leak, "{verdicts:?}");
         assert!(verdicts[0].evidence[0]
-            .detail
-            .contains("9.0 connections needed of 10"));
-        assert_eq!(verdicts[0].evidence[1].subject, "src/api.rs:1:1");
+            .subject
+            .starts_with("src/app.rs:40:"));
+        assert!(
+            kinds(&verdicts).contains(&VerdictKind::ConcurrencyGrowth),
+            "{verdicts:?}"
+        );
+        // The burst's callers are affected by the leak, never its cause.
+        for v in &verdicts {
+            if v.kind == VerdictKind::Leak {
+                assert!(v.evidence.iter().all(|e| !e.subject.contains(":10:")));
+            }
+        }
     }
 
+    fn blocked_holder(
+        guard: u64,
+        line: u32,
+        by_guard: Option<u64>,
+        by_outside: Option<i32>,
+    ) -> HolderLine {
+        HolderLine {
+            guard,
+            site: site(line).to_string(),
+            held_ms: 1200.0,
+            state: Some("in a database call".to_owned()),
+            server: Some(super::super::types::ServerState {
+                state: "active".to_owned(),
+                doing: "waiting on a lock (Lock: transactionid) for 1s 100ms".to_owned(),
+                waiting_on_lock: true,
+                blocked_by_guards: by_guard.into_iter().collect(),
+                blocked_by_outside: by_outside.into_iter().collect(),
+                ..Default::default()
+            }),
+            ..HolderLine::default()
+        }
+    }
+
+    /// The server says guards 2-4 wait behind guard 1: guard 1's site is
+    /// the culprit even though it is out past the threshold with no ended
+    /// hold (which alone would read as a leak), and the blocked site is
+    /// affected, never a cause.
     #[test]
-    fn demand_without_waiters_is_not_growth() {
-        let mut r = report(vec![site("src/api.rs:1:1", 5000, 20.0)]);
-        r.pressure = Pressure {
-            max_size: 10,
-            peak_demand: 9.0,
-            ..Pressure::default()
+    fn a_lock_chain_from_the_server_names_the_blocking_guard_first() {
+        let holders = [
+            HolderLine {
+                guard: 1,
+                site: site(20).to_string(),
+                held_ms: 5000.0,
+                state: Some("idle in transaction".to_owned()),
+                server: Some(super::super::types::ServerState {
+                    state: "idle in transaction".to_owned(),
+                    doing: "idle in transaction for 4.9s".to_owned(),
+                    transaction_ms: Some(4950.0),
+                    ..Default::default()
+                }),
+                ..HolderLine::default()
+            },
+            blocked_holder(2, 30, Some(1), None),
+            blocked_holder(3, 30, Some(1), None),
+            blocked_holder(4, 30, Some(1), None),
+        ];
+        let ctx = Context {
+            holders: &holders,
+            ..ctx()
         };
-        assert_eq!(kinds(&r), vec![VerdictKind::Healthy]);
+        let parties = vec![
+            party(20, 1000, 5, 990, 0),
+            party(30, 3000, 3000, 0, 0),
+            waiter(40, 800),
+        ];
+        let verdicts = diagnose(&period(parties, true, 5.0), &ctx);
+        assert_eq!(kinds(&verdicts), [VerdictKind::LongHold], "{verdicts:#?}");
+        let v = &verdicts[0];
+        assert!(
+            v.reason.contains("blocked in the database by guard 1"),
+            "{v:#?}"
+        );
+        assert_eq!(v.evidence[0].subject, site(20).to_string());
+        assert!(v.evidence[0].detail.contains("3 checkout(s)"), "{v:#?}");
+        assert!(v.evidence.iter().all(|e| !e.subject.contains(":30:")));
+        assert!(v
+            .affected
+            .iter()
+            .any(|e| e.subject.contains(":30:") && e.detail.contains("by guard 1")));
+        assert!(v.affected.iter().any(|e| e.subject.contains(":40:")));
     }
 
+    /// The head of the chain is outside the pool: it is the culprit.
     #[test]
-    fn leak_and_long_hold_can_both_apply() {
-        let mut r = report(vec![site("src/jobs.rs:7:3", 3, 4000.0)]);
-        r.flagged.push(FlaggedGuard {
-            guard: 1,
-            site: "src/api.rs:1:1".to_owned(),
-            span: None,
-            held_ms: 5000.0,
-        });
-        assert_eq!(kinds(&r), vec![VerdictKind::Leak, VerdictKind::LongHold]);
+    fn a_blocker_outside_the_pool_is_the_culprit() {
+        let holders = [
+            blocked_holder(2, 30, None, Some(999)),
+            blocked_holder(3, 31, None, Some(999)),
+        ];
+        let server = ServerSection {
+            outside: vec![super::super::types::OutsideBackend {
+                pid: 999,
+                application_name: Some("psql".to_owned()),
+                doing: "idle in transaction for 40s".to_owned(),
+                blocks_guards: vec![2, 3],
+                ..Default::default()
+            }],
+            ..ServerSection::default()
+        };
+        let ctx = Context {
+            holders: &holders,
+            server: Some(&server),
+            ..ctx()
+        };
+        let parties = vec![party(30, 2000, 2000, 0, 0), party(31, 2000, 2000, 0, 0)];
+        let verdicts = diagnose(&period(parties, true, 4.0), &ctx);
+        let v = &verdicts[0];
+        assert_eq!(v.kind, VerdictKind::LongHold);
+        assert_eq!(v.evidence[0].subject, "backend 999 outside the pool (psql)");
+        assert!(v.evidence[0].detail.contains("idle in transaction for 40s"));
+        for verdict in &verdicts {
+            assert!(
+                verdict
+                    .evidence
+                    .iter()
+                    .all(|e| !e.subject.contains(":30:") && !e.subject.contains(":31:")),
+                "{verdicts:#?}"
+            );
+        }
+        assert_eq!(v.affected.len(), 2, "{v:#?}");
     }
 }

@@ -95,45 +95,53 @@ pub(crate) fn capture(ips: &mut [usize]) -> Option<usize> {
             Err(())
         }
     };
-    CACHE.with(|cache| {
-        let mut cache = cache.try_borrow_mut().ok()?;
-        let cache = cache.get_or_insert_with(|| Box::new(CacheX86_64::new()));
-        let mut frames = process.unwinder.iter_frames(
-            ip,
-            UnwindRegsX86_64::new(ip, sp, bp),
-            cache,
-            &mut read_stack,
-        );
-        let mut len = 0;
-        while len < ips.len() {
-            match frames.next() {
-                Ok(Some(frame)) => {
-                    let address = frame.address();
-                    // framehop would walk on from an address it has no
-                    // unwind information for by guessing (frame pointers):
-                    // stop before it does.
-                    if !process.covers(address) {
-                        return None;
+    // `try_with`: a checkout from another thread-local's destructor runs
+    // after this cache may be gone; then the slow walk takes over (an
+    // aborting process is the one thing a diagnostic must never cause).
+    CACHE
+        .try_with(|cache| {
+            let mut cache = cache.try_borrow_mut().ok()?;
+            let cache = cache.get_or_insert_with(|| Box::new(CacheX86_64::new()));
+            let mut frames = process.unwinder.iter_frames(
+                ip,
+                UnwindRegsX86_64::new(ip, sp, bp),
+                cache,
+                &mut read_stack,
+            );
+            let mut len = 0;
+            while len < ips.len() {
+                match frames.next() {
+                    Ok(Some(frame)) => {
+                        let address = frame.address();
+                        // framehop would walk on from an address it has no
+                        // unwind information for by guessing (frame pointers):
+                        // stop before it does.
+                        if !process.covers(address) {
+                            return None;
+                        }
+                        ips[len] = address as usize;
+                        len += 1;
                     }
-                    ips[len] = address as usize;
-                    len += 1;
+                    Ok(None) => break,
+                    Err(_) => return None,
                 }
-                Ok(None) => break,
-                Err(_) => return None,
             }
-        }
-        Some(len)
-    })
+            Some(len)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The current thread's stack, `lo..hi`, looked up once per thread.
 fn stack_bounds() -> (u64, u64) {
-    STACK.with(|cached| {
-        if cached.get() == (0, 0) {
-            cached.set(thread_stack().unwrap_or((1, 0)));
-        }
-        cached.get()
-    })
+    STACK
+        .try_with(|cached| {
+            if cached.get() == (0, 0) {
+                cached.set(thread_stack().unwrap_or((1, 0)));
+            }
+            cached.get()
+        })
+        .unwrap_or((1, 0))
 }
 
 /// The current thread's stack from pthread.

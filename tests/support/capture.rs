@@ -112,3 +112,25 @@ impl Capture {
         self.events.lock().unwrap().clear();
     }
 }
+
+/// The process-wide capture of a test binary whose events come from
+/// background threads (the sampler, the watchdog): installed once as the
+/// global subscriber; each test reads its own pool's events.
+pub fn global() -> &'static Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        tracing::subscriber::set_global_default(capture.subscriber())
+            .expect("no other global subscriber in this binary");
+        capture
+    })
+}
+
+/// The global capture's events of `pool` whose message contains `needle`.
+pub fn events_of(pool: &str, needle: &str) -> Vec<Captured> {
+    global()
+        .matching(needle)
+        .into_iter()
+        .filter(|e| e.fields.get("pool").map(String::as_str) == Some(pool))
+        .collect()
+}

@@ -324,10 +324,12 @@ fn create_cluster_dir() -> Result<PathBuf, String> {
 }
 
 /// Supervisor script. Arguments: $1 cluster dir, $2 bin dir, $3 "1" to run
-/// the server tools as the postgres user, $4 runuser path.
+/// the server tools as the postgres user, $4 runuser path, and optionally
+/// $5 more server options (later `-c` settings win), $6 more initdb options
+/// (both plain words: paths under the cluster dir, settings).
 const SUPERVISOR_SCRIPT: &str = r#"
 set -u
-dir=$1 bin=$2 as_postgres=$3 runuser=$4
+dir=$1 bin=$2 as_postgres=$3 runuser=$4 extra=${5:-} initdb_extra=${6:-}
 data=$dir/data
 # We run in our own process group, and also ignore the usual termination
 # signals, so that a Ctrl-C or a test runner killing the test's process group
@@ -352,10 +354,10 @@ fail() {
   rm -rf "$dir"
   exit 1
 }
-run "$bin/initdb" -D "$data" -A trust --no-sync -U postgres -E UTF8 --locale=C \
+run "$bin/initdb" -D "$data" -A trust --no-sync -U postgres -E UTF8 --locale=C $initdb_extra \
   </dev/null >"$dir/initdb.log" 2>&1 || fail "initdb failed" "$dir/initdb.log"
 run "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-  -o "-k '$dir' -c port=5432 -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+  -o "-k '$dir' -c port=5432 -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 $extra" \
   start </dev/null >"$dir/pg_ctl.log" 2>&1 || fail "pg_ctl start failed" "$dir/pg_ctl.log" "$dir/server.log"
 echo ready
 read _ || true
@@ -372,6 +374,18 @@ fn spawn_supervisor(
     as_root: bool,
     runuser: &Path,
 ) -> Result<Supervisor, String> {
+    spawn_supervisor_with(dir, bin, as_root, runuser, "", "")
+}
+
+/// [`spawn_supervisor`] with more server and initdb options.
+fn spawn_supervisor_with(
+    dir: &Path,
+    bin: &Path,
+    as_root: bool,
+    runuser: &Path,
+    extra_server_options: &str,
+    extra_initdb_options: &str,
+) -> Result<Supervisor, String> {
     let spawned = Command::new("sh")
         .arg("-c")
         .arg(SUPERVISOR_SCRIPT)
@@ -380,6 +394,8 @@ fn spawn_supervisor(
         .arg(bin)
         .arg(if as_root { "1" } else { "0" })
         .arg(runuser)
+        .arg(extra_server_options)
+        .arg(extra_initdb_options)
         .current_dir(dir)
         .process_group(0)
         .stdin(Stdio::piped())
@@ -506,6 +522,10 @@ pub struct Cluster {
     runuser: PathBuf,
     supervisor: Option<Supervisor>,
     config: tokio_postgres::Config,
+    /// Server options beyond [`server_options`] (see [`ClusterOptions`]).
+    extra_options: String,
+    /// The TCP port on 127.0.0.1, when listening there.
+    tcp_port: Option<u16>,
 }
 
 /// Starts a private cluster. Errors when no server binaries are found (it
@@ -521,6 +541,92 @@ pub fn private_cluster() -> Result<Cluster, String> {
         runuser,
         supervisor: Some(supervisor),
         config,
+        extra_options: String::new(),
+        tcp_port: None,
+    })
+}
+
+/// How a private cluster listens beyond its Unix socket (which stays
+/// `trust`).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// Also listen on TCP at 127.0.0.1, on a free port (the Unix socket
+    /// then carries that port number too).
+    pub tcp: bool,
+    /// TLS (`ssl=on`) with this certificate and private key, both PEM.
+    pub tls: Option<(String, String)>,
+    /// The `postgres` user's password; TCP connections must then use it
+    /// (`scram-sha-256`).
+    pub password: Option<String>,
+}
+
+/// A port on 127.0.0.1 nothing listens on right now.
+pub fn free_tcp_port() -> Result<u16, String> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("finding a free TCP port: {e}"))
+}
+
+/// Writes `contents` to `path` for the server's user, mode 0600.
+fn write_server_file(path: &Path, contents: &str, as_root: bool) -> Result<(), String> {
+    fs::write(path, contents).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod 0600 {}: {e}", path.display()))?;
+    if as_root {
+        command_output("chown", &["postgres", &path.to_string_lossy()])?;
+    }
+    Ok(())
+}
+
+/// Starts a private cluster listening as `options` say. Same supervision
+/// and cleanup as [`private_cluster`].
+pub fn private_cluster_with(options: &ClusterOptions) -> Result<Cluster, String> {
+    let (bin, as_root, runuser, dir) = prepare_cluster()?;
+    let fail = |e: String| {
+        let _ = fs::remove_dir_all(&dir);
+        e
+    };
+    let mut server = String::new();
+    let mut initdb = String::new();
+    let mut port = SOCKET_PORT;
+    let mut tcp_port = None;
+    if options.tcp || options.tls.is_some() {
+        port = free_tcp_port().map_err(fail)?;
+        tcp_port = Some(port);
+        server.push_str(&format!(" -c listen_addresses=127.0.0.1 -c port={port}"));
+    }
+    if let Some((cert, key)) = &options.tls {
+        let cert_path = dir.join("server.crt");
+        let key_path = dir.join("server.key");
+        write_server_file(&cert_path, cert, as_root).map_err(fail)?;
+        write_server_file(&key_path, key, as_root).map_err(fail)?;
+        server.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert_path.display(),
+            key_path.display()
+        ));
+    }
+    if let Some(password) = &options.password {
+        let pwfile = dir.join("pwfile");
+        write_server_file(&pwfile, password, as_root).map_err(fail)?;
+        initdb.push_str(&format!(
+            " --auth-host=scram-sha-256 --pwfile={}",
+            pwfile.display()
+        ));
+    }
+    let supervisor = spawn_supervisor_with(&dir, &bin, as_root, &runuser, &server, &initdb)?;
+    let mut config = cluster_config(&dir);
+    config.port(port);
+    Ok(Cluster {
+        dir,
+        bin,
+        as_root,
+        runuser,
+        supervisor: Some(supervisor),
+        config,
+        extra_options: server,
+        tcp_port,
     })
 }
 
@@ -533,6 +639,37 @@ impl Cluster {
     /// The cluster's directory (its socket lives there).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The server's log: `pg_ctl -l <dir>/server.log` (the supervisor's
+    /// start, and [`start`](Self::start) / [`restart`](Self::restart)),
+    /// with the server defaults (`log_destination=stderr`,
+    /// `logging_collector=off`, `log_min_messages=warning`,
+    /// `log_min_error_statement=error`): every `ERROR` a backend raises
+    /// is a line there, written before the client gets the error.
+    /// Readable by the test process when it runs as the cluster's owner,
+    /// or as root (the directory is 0700, the server's user's).
+    pub fn server_log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// The TCP port on 127.0.0.1, when the cluster listens there.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_port
+    }
+
+    /// Connection settings over TCP to `host` (e.g. `127.0.0.1` or
+    /// `localhost`), when the cluster listens there.
+    pub fn tcp_config(&self, host: &str) -> Option<tokio_postgres::Config> {
+        let port = self.tcp_port?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(10));
+        Some(config)
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
@@ -575,13 +712,13 @@ impl Cluster {
 
     /// Starts the server again after [`stop`](Self::stop).
     pub fn start(&self) -> Result<(), String> {
-        let options = server_options(&self.dir);
+        let options = server_options(&self.dir) + &self.extra_options;
         self.pg_ctl(&["-w", "-t", "60", "-o", &options, "start"])
     }
 
     /// Restarts the server (fast: open sessions are terminated).
     pub fn restart(&self) -> Result<(), String> {
-        let options = server_options(&self.dir);
+        let options = server_options(&self.dir) + &self.extra_options;
         self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "-o", &options, "restart"])
     }
 }
