@@ -1,19 +1,28 @@
 //! Checkout+return overhead of poolwatch against plain deadpool, in one run.
 //!
 //! Real PostgreSQL (throwaway local cluster on a unix socket, or
-//! `DATABASE_URL`), `RecyclingMethod::Fast`, warm pool. Every group times
-//! `raw` (plain deadpool-postgres) next to the poolwatch variants:
+//! `DATABASE_URL`), `RecyclingMethod::Fast`, warm pool. Both sides are
+//! built from one `deadpool_postgres::Config`, as a service builds them
+//! (`support/config.rs`). Every group times `raw` (`cfg.create_pool(..)`)
+//! next to the poolwatch variants:
 //!
-//! * default features: `poolwatch` (the default path);
+//! * default features: `poolwatch`, the README's constructor
+//!   `poolwatch::postgres::create_pool(&cfg, ..)` (connection observer,
+//!   sampler and server view on, as a service gets them), and `ready-made`,
+//!   `WatchedPool::new` around a plain pool (no connection observer), to
+//!   show what the observer costs;
 //! * `--features leak-report`: `leak-report/<stack mode>` for `off`,
-//!   `always`, `sample:100` and `first:1` (instead of `poolwatch`: in such a
-//!   build every pool pays for the feature).
+//!   `always`, `sample:100` and `first:1` (`Pool::from_config`, which
+//!   `create_pool` calls, with that stack mode; instead of `poolwatch`: in
+//!   such a build every pool pays for the feature).
 //!
 //! After criterion's groups, `paired` rounds alternate raw and each variant
 //! (41 rounds each way) and print the medians: on a shared machine the
 //! load drifts between criterion's one-after-the-other runs by more than
 //! the difference in question, and alternating makes the drift hit both
-//! sides alike. Those are the numbers the README quotes.
+//! sides alike. Those are the numbers the README quotes, with the target
+//! of issue 14 (checkout+return at most 1.3x plain deadpool, median of the
+//! per-round ratios) marked PASS or FAIL.
 //!
 //! ```sh
 //! cargo bench --bench checkout -- --warm-up-time 1 --measurement-time 3
@@ -22,31 +31,27 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use poolwatch::{WatchConfig, WatchedPool};
-
-#[path = "../tests/support/pg.rs"]
-mod pg;
+#[path = "support/config.rs"]
+mod config;
 
 /// The poolwatch variants this build can time, each with its own pool.
 fn variants(max_size: usize) -> Vec<(String, poolwatch::postgres::Pool)> {
-    let watched = |stacks: poolwatch::StackMode| {
-        WatchedPool::new(
-            pg::pool(max_size),
-            WatchConfig::builder()
-                .pool_name("bench")
-                .stacks(stacks)
-                .build()
-                .unwrap(),
-        )
-    };
     if cfg!(feature = "leak-report") {
         use poolwatch::StackMode::*;
         [Off, Always, Sample(100), First(1)]
             .into_iter()
-            .map(|mode| (format!("leak-report/{mode}"), watched(mode)))
+            .map(|mode| {
+                let pool = config::watched_pool_with_stacks(max_size, mode);
+                (format!("leak-report/{mode}"), pool)
+            })
             .collect()
     } else {
-        vec![("poolwatch".to_owned(), watched(poolwatch::StackMode::Off))]
+        vec![
+            ("poolwatch".to_owned(), config::watched_pool(max_size)),
+            // For comparison: a ready-made pool wrapped as it is (no
+            // connection observer, so no busy time or transaction state).
+            ("ready-made".to_owned(), config::wrapped_pool(max_size)),
+        ]
     }
 }
 
@@ -67,7 +72,7 @@ fn two_thread_runtime() -> tokio::runtime::Runtime {
 
 fn current_thread(c: &mut Criterion) {
     let rt = current_thread_runtime();
-    let raw = pg::pool(4);
+    let raw = config::raw_pool(4);
     let pools = variants(4);
     // Warm: every pool has an open connection before timing starts.
     rt.block_on(async {
@@ -138,7 +143,7 @@ fn parallel(
 
 fn two_threads(c: &mut Criterion) {
     let rt = two_thread_runtime();
-    let raw = pg::pool(4);
+    let raw = config::raw_pool(4);
     let pools = variants(4);
     rt.block_on(async {
         let (a, b) = (raw.get().await.unwrap(), raw.get().await.unwrap());
@@ -161,6 +166,9 @@ fn two_threads(c: &mut Criterion) {
 }
 
 const ROUNDS: usize = 41;
+
+/// Issue 14: checkout+return at most 1.3 times plain deadpool's.
+const TARGET_RATIO: f64 = 1.3;
 
 /// Median of `samples` (sorts them).
 fn median(samples: &mut [f64]) -> f64 {
@@ -188,7 +196,7 @@ fn paired(_: &mut Criterion) {
     }
     let single = current_thread_runtime();
     let multi = two_thread_runtime();
-    let raw = pg::pool(4);
+    let raw = config::raw_pool(4);
     let pools = variants(4);
     const ITERS: u64 = 100_000;
     for (name, pool) in &pools {
@@ -198,6 +206,7 @@ fn paired(_: &mut Criterion) {
         parallel(&multi, 2, ITERS / 10, &raw);
         parallel(&multi, 2, ITERS / 10, pool);
         let (mut raws, mut watcheds, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ratios, mut ratios2) = (Vec::new(), Vec::new());
         let (mut raws2, mut watcheds2, mut shares) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let r = one_task(&single, &raw, ITERS);
@@ -205,26 +214,41 @@ fn paired(_: &mut Criterion) {
             raws.push(r);
             watcheds.push(w);
             added.push(w - r);
+            ratios.push(w / r);
             let r2 = parallel(&multi, 2, ITERS, &raw).as_nanos() as f64 / ITERS as f64;
             let w2 = parallel(&multi, 2, ITERS, pool).as_nanos() as f64 / ITERS as f64;
             raws2.push(r2);
             watcheds2.push(w2);
             shares.push(r2 / w2 * 100.0);
+            ratios2.push(w2 / r2);
         }
+        let ratio = median(&mut ratios);
         println!(
             "checkout_return/paired/current_thread/{name} ({ROUNDS} alternating rounds of \
-             {ITERS}): raw {:.1} ns, poolwatch {:.1} ns, added {:+.1} ns (median of the \
-             per-round differences)",
+             {ITERS}): raw {:.1} ns, poolwatch {:.1} ns, added {:+.1} ns, ratio {ratio:.2}x \
+             (medians of the per-round differences and ratios); target <= {TARGET_RATIO}x: {}",
             median(&mut raws),
             median(&mut watcheds),
             median(&mut added),
+            if ratio <= TARGET_RATIO {
+                "PASS"
+            } else {
+                "FAIL"
+            },
         );
+        let ratio2 = median(&mut ratios2);
         println!(
             "checkout_return/paired/2_tasks_2_threads/{name}: raw {:.1} ns, poolwatch {:.1} ns \
-             per checkout, throughput {:.0} % of raw (median of the per-round ratios)",
+             per checkout, ratio {ratio2:.2}x, throughput {:.0} % of raw (medians of the \
+             per-round ratios); target <= {TARGET_RATIO}x: {}",
             median(&mut raws2),
             median(&mut watcheds2),
             median(&mut shares),
+            if ratio2 <= TARGET_RATIO {
+                "PASS"
+            } else {
+                "FAIL"
+            },
         );
     }
 }

@@ -13,10 +13,8 @@
 //! measured loop is counted: setup, PostgreSQL start and warm-up are not).
 use std::hint::black_box;
 
-use poolwatch::{StackMode, WatchConfig, WatchedPool};
-
-#[path = "../tests/support/pg.rs"]
-mod pg;
+#[path = "support/config.rs"]
+mod config;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -25,13 +23,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The README's constructor, as the checkout bench times it.
 fn watched() -> poolwatch::postgres::Pool {
-    let config = WatchConfig::builder()
-        .stacks(StackMode::Off)
-        .timeline_tick(None)
-        .build()
-        .unwrap();
-    WatchedPool::new(pg::pool(1), config)
+    config::watched_pool(1)
 }
 
 #[inline(never)]
@@ -94,7 +88,7 @@ fn main() {
         }
     };
     let rt = runtime();
-    let raw = pg::pool(1);
+    let raw = config::raw_pool(1);
     let pool = watched();
     const SQL: &str = "SELECT $1::int4";
     match what {

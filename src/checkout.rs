@@ -150,9 +150,9 @@ fn opened<M: Manager>(
 
 impl<M: Manager> Drop for Guard<M> {
     fn drop(&mut self) {
-        let Some(object) = self.object.take() else {
+        if self.object.is_none() {
             return; // already closed by take/into_inner
-        };
+        }
         let (shard, key) = (&self.record.shard, self.record.key);
         let outcome = if std::thread::panicking() {
             Outcome::DroppedWhilePanicking
@@ -167,9 +167,11 @@ impl<M: Manager> Drop for Guard<M> {
         // detached and closed instead.
         let evict = closed.as_ref().is_some_and(|c| observer.evicts(c));
         if evict {
-            drop(Object::take(object));
+            if let Some(object) = self.object.take() {
+                drop(Object::take(object));
+            }
         } else {
-            drop(object);
+            self.object = None; // dropped in place, not moved out first
         }
         if let Some(closed) = closed {
             let disposal = if evict {

@@ -80,8 +80,8 @@ struct ActivityState {
     busy_since: Option<Ticks>,
     /// When `in_flight` last went back to 0: the last call's end.
     last_call_ended: Option<Ticks>,
-    /// Busy time up to `busy_since` (or up to now, when idle).
-    busy: Duration,
+    /// Busy time up to `busy_since` (or up to now, when idle), in ns.
+    busy_ns: u64,
     transaction: TransactionState,
     /// When the current transaction block began (as the server reported
     /// it: the first "ready" inside it).
@@ -89,15 +89,39 @@ struct ActivityState {
     /// Since when the connection has sat inside a transaction with
     /// nothing in flight.
     idle_in_transaction_since: Option<Ticks>,
-    idle_in_transaction: Duration,
+    idle_in_transaction_ns: u64,
     /// Statements sent so far.
     statements: u64,
     /// The text of the last one, as sent (sanitized only when shown).
     last_statement: Option<Arc<str>>,
     /// Readings taken at the last accounting points; see
     /// [`ConnectionActivity::end_hold`] and [`ConnectionActivity::tick_mark`].
-    hold_mark: Totals,
-    tick_mark: Totals,
+    hold_mark: Counters,
+    tick_mark: Counters,
+}
+
+/// [`Totals`] as the state keeps them: nanoseconds, summed without
+/// `Duration`'s normalization at every step (the end of every hold reads
+/// them twice).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    busy_ns: u64,
+    idle_in_transaction_ns: u64,
+    statements: u64,
+}
+
+impl Counters {
+    /// What happened between `earlier` and `self`.
+    fn since(self, earlier: Counters) -> Totals {
+        Totals {
+            busy: Duration::from_nanos(self.busy_ns.saturating_sub(earlier.busy_ns)),
+            idle_in_transaction: Duration::from_nanos(
+                self.idle_in_transaction_ns
+                    .saturating_sub(earlier.idle_in_transaction_ns),
+            ),
+            statements: self.statements.saturating_sub(earlier.statements),
+        }
+    }
 }
 
 /// The growing totals of a connection, at one instant.
@@ -108,27 +132,32 @@ pub(crate) struct Totals {
     pub(crate) statements: u64,
 }
 
-impl Totals {
-    /// What happened between `earlier` and `self`.
-    pub(crate) fn since(self, earlier: Totals) -> Totals {
-        Totals {
-            busy: self.busy.saturating_sub(earlier.busy),
-            idle_in_transaction: self
-                .idle_in_transaction
-                .saturating_sub(earlier.idle_in_transaction),
-            statements: self.statements.saturating_sub(earlier.statements),
-        }
-    }
-}
-
-/// What [`ConnectionActivity::end_hold`] returns.
+/// What [`ConnectionActivity::end_hold`] returns: only what the end of a
+/// hold needs (it runs on every return, so it copies out little).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HoldEnd {
     /// Since the hold began.
     pub(crate) hold: Totals,
     /// Since the last tick mark (or the hold's start, if later).
     pub(crate) tick: Totals,
-    pub(crate) reading: ActivityReading,
+    pub(crate) in_flight: u32,
+    pub(crate) transaction: TransactionState,
+    pub(crate) backend_pid: Option<i32>,
+    /// The last statement's text, only when the hold sent statements and
+    /// left the connection poisoned (a call in flight or a transaction
+    /// open): the one case that reports it.
+    pub(crate) last_statement: Option<Arc<str>>,
+    /// Why observation was lost, the first time a hold ends after the loss
+    /// (so it is reported once per connection).
+    pub(crate) observation_lost: Option<&'static str>,
+}
+
+impl HoldEnd {
+    /// A call still in flight or a transaction left open: the next caller
+    /// must not get this connection.
+    pub(crate) fn poisoned(&self) -> bool {
+        self.in_flight > 0 || self.transaction.is_open()
+    }
 }
 
 /// A connection's state at one instant, as plain data.
@@ -146,20 +175,19 @@ pub(crate) struct ActivityReading {
 }
 
 impl ActivityState {
-    fn totals(&self, now: Ticks) -> Totals {
-        let busy = self.busy
-            + self
-                .busy_since
-                .map_or(Duration::ZERO, |since| since.until(now));
-        let idle_in_transaction = self.idle_in_transaction
-            + self
-                .idle_in_transaction_since
-                .map_or(Duration::ZERO, |since| since.until(now));
-        Totals {
-            busy,
-            idle_in_transaction,
+    fn counters(&self, now: Ticks) -> Counters {
+        let running = |since: Option<Ticks>| since.map_or(0, |since| since.nanos_until(now));
+        Counters {
+            busy_ns: self.busy_ns.saturating_add(running(self.busy_since)),
+            idle_in_transaction_ns: self
+                .idle_in_transaction_ns
+                .saturating_add(running(self.idle_in_transaction_since)),
             statements: self.statements,
         }
+    }
+
+    fn totals(&self, now: Ticks) -> Totals {
+        self.counters(now).since(Counters::default())
     }
 
     fn reading(&self, now: Ticks) -> ActivityReading {
@@ -182,7 +210,9 @@ impl ActivityState {
         match (idle, self.idle_in_transaction_since) {
             (true, None) => self.idle_in_transaction_since = Some(now),
             (false, Some(since)) => {
-                self.idle_in_transaction += since.until(now);
+                self.idle_in_transaction_ns = self
+                    .idle_in_transaction_ns
+                    .saturating_add(since.nanos_until(now));
                 self.idle_in_transaction_since = None;
             }
             _ => {}
@@ -249,7 +279,7 @@ impl ActivityWriter<'_> {
         if state.in_flight == 0 {
             state.last_call_ended = Some(now);
             if let Some(since) = state.busy_since.take() {
-                state.busy += since.until(now);
+                state.busy_ns = state.busy_ns.saturating_add(since.nanos_until(now));
             }
         }
     }
@@ -267,7 +297,7 @@ impl ActivityWriter<'_> {
             return;
         }
         if let Some(since) = state.busy_since.take() {
-            state.busy += since.until(now);
+            state.busy_ns = state.busy_ns.saturating_add(since.nanos_until(now));
         }
         state.closed = true;
         state.settle_idle_in_transaction(now);
@@ -308,48 +338,47 @@ impl ConnectionActivity {
 
     /// Ends a hold at `now`: what the connection did since the previous
     /// hold ended (or since it opened) and since the last tick mark, and
-    /// the reading now. The next hold counts from here.
+    /// its state now. The next hold counts from here. One lock.
     pub(crate) fn end_hold(&self, now: Ticks) -> HoldEnd {
-        let mut state = self.state.lock();
-        let reading = state.reading(now);
-        let hold = reading.totals.since(state.hold_mark);
-        let tick = reading.totals.since(state.tick_mark);
-        state.hold_mark = reading.totals;
-        state.tick_mark = reading.totals;
-        HoldEnd {
-            hold,
-            tick,
-            reading,
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let totals = state.counters(now);
+        let mut end = HoldEnd {
+            hold: totals.since(state.hold_mark),
+            tick: totals.since(state.tick_mark),
+            in_flight: state.in_flight,
+            transaction: state.transaction,
+            backend_pid: state.backend_pid,
+            last_statement: None,
+            observation_lost: None,
+        };
+        state.hold_mark = totals;
+        state.tick_mark = totals;
+        if end.poisoned() && end.hold.statements > 0 {
+            end.last_statement = state.last_statement.clone();
         }
+        if !state.lost_reported && state.lost_reason.is_some() {
+            state.lost_reported = true;
+            end.observation_lost = state.lost_reason;
+        }
+        end
     }
 
     /// What the current hold has done so far, without ending it.
     pub(crate) fn hold_so_far(&self, now: Ticks) -> (Totals, ActivityReading) {
         let state = self.state.lock();
         let reading = state.reading(now);
-        (reading.totals.since(state.hold_mark), reading)
+        (state.counters(now).since(state.hold_mark), reading)
     }
 
     /// Ends a tick at `now` for the hold in progress: what the connection
     /// did since the previous tick mark (or the hold's start).
     pub(crate) fn tick_mark(&self, now: Ticks) -> Totals {
         let mut state = self.state.lock();
-        let totals = state.totals(now);
-        let during = totals.since(state.tick_mark);
-        state.tick_mark = totals;
+        let counters = state.counters(now);
+        let during = counters.since(state.tick_mark);
+        state.tick_mark = counters;
         during
-    }
-
-    /// Why observation was lost, the first time it is asked after the loss
-    /// (so the loss is reported once per connection).
-    pub(crate) fn take_lost_report(&self) -> Option<&'static str> {
-        let mut state = self.state.lock();
-        if state.lost_reported {
-            return None;
-        }
-        let reason = state.lost_reason?;
-        state.lost_reported = true;
-        Some(reason)
     }
 
     /// Whether the record stopped because the integration could no longer
@@ -467,7 +496,8 @@ mod tests {
         assert_eq!(end.hold.busy, Duration::from_millis(15));
         assert_eq!(end.tick.busy, Duration::from_millis(5));
         assert_eq!(end.hold.statements, 1);
-        assert_eq!(end.reading.last_statement.as_deref(), Some("SELECT 1"));
+        // Returned clean: the text is not copied out.
+        assert_eq!(end.last_statement, None);
         // The next hold starts from zero.
         let (next, _) = activity.hold_so_far(at(start, 40));
         assert_eq!(next, Totals::default());

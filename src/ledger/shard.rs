@@ -468,28 +468,22 @@ impl ShardState {
         if entry.connection == NO_CONNECTION {
             return None;
         }
-        let activity = self.connections.activity(entry.connection);
-        let end = activity.map(|a| a.end_hold(now));
-        let observation_lost = activity.and_then(|a| a.take_lost_report());
+        let end = self
+            .connections
+            .activity(entry.connection)
+            .map(|a| a.end_hold(now));
         self.connections.release(entry.connection);
         let end = end?;
-        let reading = end.reading;
-        let poisoned = reading.in_flight > 0 || reading.transaction.is_open();
-        let last_statement = if poisoned && end.hold.statements > 0 {
-            reading.last_statement
-        } else {
-            None
-        };
         Some((
             end.tick,
             EndedActivity {
                 hold: end.hold,
-                in_flight: reading.in_flight,
-                transaction: reading.transaction,
-                backend_pid: reading.backend_pid,
-                last_statement,
+                in_flight: end.in_flight,
+                transaction: end.transaction,
+                backend_pid: end.backend_pid,
+                last_statement: end.last_statement,
                 transaction_site: None,
-                observation_lost,
+                observation_lost: end.observation_lost,
             },
         ))
     }

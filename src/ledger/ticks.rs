@@ -80,7 +80,14 @@ impl Ticks {
     /// The time from `self` to `later` (zero if `later` is earlier).
     #[inline]
     pub(crate) fn until(self, later: Ticks) -> Duration {
-        Duration::from_nanos(later.0.saturating_sub(self.0))
+        Duration::from_nanos(self.nanos_until(later))
+    }
+
+    /// [`Self::until`] in nanoseconds (0 if `later` is earlier): for sums
+    /// kept on the hot path, which `Duration` arithmetic would normalize
+    /// at every step.
+    pub(crate) fn nanos_until(self, later: Ticks) -> u64 {
+        later.0.saturating_sub(self.0)
     }
 
     /// `self` moved back by `d`, or `None` before the epoch.
