@@ -57,7 +57,7 @@ impl Ledger {
     pub fn open_close(&self) {
         let location: &'static Location<'static> = Location::caller();
         let shard = self.0.ledger.local_shard();
-        let (key, _id, _rank) = shard.open(Checkout {
+        let (handle, key, _id, _rank) = shard.open_held(Checkout {
             location,
             span: crate::site::SpanRef::current(),
             task: crate::task::current(),
@@ -66,9 +66,10 @@ impl Ledger {
             connection: None,
             panicking: std::thread::panicking(),
         });
-        let shard = Arc::clone(shard);
-        if let Some(closed) = shard.close(key, crate::outcome::Outcome::Returned, Ticks::now()) {
-            shard.attached.closed(&closed, Disposal::Returned);
+        let (closed, _keep_alive) =
+            handle.close(key, crate::outcome::Outcome::Returned, Ticks::now());
+        if let Some(closed) = &closed {
+            handle.attached.closed(closed, Disposal::Returned);
         }
     }
 

@@ -12,7 +12,6 @@
 use std::marker::PhantomData;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -127,7 +126,7 @@ fn opened<M: Manager>(
     let waited = waiting.map(|w| served(shared, w, acquired));
     let span = SpanRef::current();
     let shard = shared.ledger.local_shard();
-    let (key, id, site_rank) = shard.open(Checkout {
+    let (handle, key, id, site_rank) = shard.open_held(Checkout {
         location,
         span,
         task: task::current(),
@@ -145,7 +144,7 @@ fn opened<M: Manager>(
         waited,
         site_rank,
     );
-    Guard::new(object, Arc::clone(shard), key, id)
+    Guard::new(object, handle, key, id)
 }
 
 impl<M: Manager> Drop for Guard<M> {
@@ -159,7 +158,9 @@ impl<M: Manager> Drop for Guard<M> {
         } else {
             Outcome::Returned
         };
-        let closed = shard.close(key, outcome, Ticks::now());
+        // `_keep_alive`: the shard stays reachable until the reactions
+        // below are done, even if its pool is gone.
+        let (closed, _keep_alive) = shard.close(key, outcome, Ticks::now());
         let observer = &shard.attached;
         // Return the connection before reporting, so a slow subscriber does
         // not lengthen the hold. One the next caller must not get (a call
@@ -173,13 +174,13 @@ impl<M: Manager> Drop for Guard<M> {
         } else {
             self.object = None; // dropped in place, not moved out first
         }
-        if let Some(closed) = closed {
+        if let Some(closed) = &closed {
             let disposal = if evict {
                 Disposal::Evicted
             } else {
                 Disposal::Returned
             };
-            observer.closed(&closed, disposal);
+            observer.closed(closed, disposal);
         }
     }
 }

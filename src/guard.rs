@@ -3,14 +3,13 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
 use deadpool::managed::{Manager, Object};
 
 use crate::ledger::Ticks;
 use crate::observe::Disposal;
 use crate::outcome::Outcome;
-use crate::shared::PoolShard;
+use crate::shared::PoolShardRef;
 
 /// A connection checked out through [`WatchedPool`](crate::WatchedPool).
 ///
@@ -36,9 +35,10 @@ pub struct Guard<M: Manager> {
     pub(crate) record: Record,
 }
 
-/// Where this guard's checkout record lives in the ledger.
+/// Where this guard's checkout record lives in the ledger. `shard` may be
+/// used only while the record is open (see `ShardRef`).
 pub(crate) struct Record {
-    pub(crate) shard: Arc<PoolShard>,
+    pub(crate) shard: PoolShardRef,
     pub(crate) key: usize,
     pub(crate) id: u64,
 }
@@ -47,15 +47,16 @@ impl Record {
     /// Closes the record with `outcome` (the connection is the caller's
     /// now) and reacts to it.
     fn finish(&self, outcome: Outcome) {
-        if let Some(closed) = self.shard.close(self.key, outcome, Ticks::now()) {
-            self.shard.attached.closed(&closed, Disposal::KeptByCaller);
+        let (closed, _keep_alive) = self.shard.close(self.key, outcome, Ticks::now());
+        if let Some(closed) = &closed {
+            self.shard.attached.closed(closed, Disposal::KeptByCaller);
         }
     }
 }
 
 impl<M: Manager> Guard<M> {
     #[inline]
-    pub(crate) fn new(object: Object<M>, shard: Arc<PoolShard>, key: usize, id: u64) -> Self {
+    pub(crate) fn new(object: Object<M>, shard: PoolShardRef, key: usize, id: u64) -> Self {
         Self {
             object: Some(object),
             record: Record { shard, key, id },

@@ -7,16 +7,16 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::config::WatchConfig;
-use crate::ledger::{Ledger, LedgerConfig, Shard, Ticks};
+use crate::ledger::{Ledger, LedgerConfig, ShardRef, Ticks};
 use crate::observe::Observer;
 use crate::report::Report;
 use crate::snapshot::PoolSnapshot;
 use crate::stack_mode::AtomicStackMode;
 use crate::view::{self, PoolView};
 
-/// A ledger shard as the pool layer uses it: each carries the observer a
-/// guard's drop reacts with.
-pub(crate) type PoolShard = Shard<Arc<Observer>>;
+/// A guard's handle on its ledger shard as the pool layer uses it: each
+/// shard carries the observer a guard's drop reacts with.
+pub(crate) type PoolShardRef = ShardRef<Arc<Observer>>;
 
 pub(crate) struct Shared {
     pub(crate) ledger: Ledger<Arc<Observer>>,

@@ -30,7 +30,8 @@ mod ticks;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::panic::Location;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -52,8 +53,8 @@ pub(crate) use shard::{Cutoffs, Overdue, Unreported};
 pub(crate) use stats::{Counts, DatabaseCounts, StatsKey, TransactionEnding, Usage};
 pub(crate) use ticks::Ticks;
 
-/// One lock's worth of the ledger. Guards keep an `Arc` of their shard, so
-/// the reference count they touch is per shard too.
+/// One lock's worth of the ledger. Guards reach their shard through a
+/// [`ShardRef`], which touches no reference count.
 ///
 /// Aligned to 128 bytes (two cache lines, the unit x86 prefetches in), so
 /// that two shards' allocations never share a line: one thread's lock and
@@ -64,8 +65,51 @@ pub(crate) struct Shard<A> {
     count: u64,
     state: Mutex<ShardState>,
     common: Arc<Common>,
+    /// The shard's reference to itself, so that it outlives its ledger
+    /// while records are open in it (their guards hold [`ShardRef`]s).
+    /// Dropped by whoever sees the ledger gone and the last record closed.
+    keep_alive: Mutex<Option<Arc<Shard<A>>>>,
+    /// The ledger was dropped. Written and read under `state`'s lock, so
+    /// that exactly one of the ledger's drop and the last close sees the
+    /// shard both abandoned and empty.
+    abandoned: AtomicBool,
     /// The pool layer's attachment (see the module docs).
     pub(crate) attached: A,
+}
+
+/// The shard's own reference, handed out with the close of the last
+/// record of an abandoned shard: the closer keeps the shard alive with it
+/// until it is done reacting, then drops it.
+#[must_use = "the shard may be freed when this is dropped: keep it until done with the shard"]
+pub(crate) struct KeepAlive<A>(#[allow(dead_code)] Option<Arc<Shard<A>>>);
+
+/// A guard's handle on the shard that holds its record: a pointer, so the
+/// checkout and the return touch no reference count (an `Arc` clone and
+/// drop were two atomic read-modify-writes on every checkout).
+///
+/// Valid while the record it was made for is open: a shard keeps itself
+/// alive (`Shard::keep_alive`) until its ledger is gone *and* no record is
+/// open, and the close of the last one hands the caller that reference
+/// ([`KeepAlive`]). So a holder must not use it after closing its record,
+/// except through the `KeepAlive` the close returned.
+pub(crate) struct ShardRef<A>(NonNull<Shard<A>>);
+
+// SAFETY: a `ShardRef` is a shared reference to a `Shard`, valid for as
+// long as its holder's record is open (see above); it may move and be
+// shared between threads when `&Shard` may.
+unsafe impl<A: Send + Sync> Send for ShardRef<A> {}
+// SAFETY: as for `Send`.
+unsafe impl<A: Send + Sync> Sync for ShardRef<A> {}
+
+impl<A> std::ops::Deref for ShardRef<A> {
+    type Target = Shard<A>;
+
+    #[inline]
+    fn deref(&self) -> &Shard<A> {
+        // SAFETY: the shard is alive while the holder's record is open
+        // (see the type's docs), and holders deref only then.
+        unsafe { self.0.as_ref() }
+    }
 }
 
 impl<A> Shard<A> {
@@ -78,9 +122,49 @@ impl<A> Shard<A> {
             .open((self.index, self.count), checkout, &self.common)
     }
 
+    /// [`Self::open`], and the handle its guard keeps.
     #[inline]
-    pub(crate) fn close(&self, key: usize, outcome: Outcome, now: Ticks) -> Option<Closed> {
-        self.state.lock().close(key, outcome, now)
+    pub(crate) fn open_held(
+        self: &Arc<Self>,
+        checkout: Checkout,
+    ) -> (ShardRef<A>, usize, u64, Option<u32>) {
+        let (key, id, rank) = self.open(checkout);
+        (ShardRef(NonNull::from(&**self)), key, id, rank)
+    }
+
+    /// Closes record `key`. With it, when it was the last record of a
+    /// shard whose ledger is gone, the shard's own reference: keep it
+    /// while still using the shard.
+    #[inline]
+    pub(crate) fn close(
+        &self,
+        key: usize,
+        outcome: Outcome,
+        now: Ticks,
+    ) -> (Option<Closed>, KeepAlive<A>) {
+        let mut state = self.state.lock();
+        let closed = state.close(key, outcome, now);
+        let last = self.abandoned.load(Ordering::Relaxed) && state.outstanding_count() == 0;
+        drop(state);
+        let keep_alive = if last {
+            self.keep_alive.lock().take()
+        } else {
+            None
+        };
+        (closed, KeepAlive(keep_alive))
+    }
+
+    /// The ledger is going away: the shard frees itself now if no record
+    /// is open, else with the last close.
+    fn abandon(&self) {
+        let state = self.state.lock();
+        self.abandoned.store(true, Ordering::Relaxed);
+        let empty = state.outstanding_count() == 0;
+        drop(state);
+        if empty {
+            let own = self.keep_alive.lock().take();
+            drop(own);
+        }
     }
 
     pub(crate) fn index(&self) -> usize {
@@ -195,6 +279,14 @@ pub(crate) struct Ledger<A> {
     archive: Mutex<Archive>,
 }
 
+impl<A> Drop for Ledger<A> {
+    fn drop(&mut self) {
+        for shard in self.shards.iter() {
+            shard.abandon();
+        }
+    }
+}
+
 /// Threads are spread over shards round-robin, in order of first checkout.
 static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
 
@@ -225,13 +317,17 @@ impl<A> Ledger<A> {
         let count = cores.next_power_of_two().clamp(2, 16);
         let shards = (0..count)
             .map(|index| {
-                Arc::new(Shard {
+                let shard = Arc::new(Shard {
                     index: index as u64,
                     count: count as u64,
                     state: Mutex::new(ShardState::new(now)),
                     common: Arc::clone(&common),
+                    keep_alive: Mutex::new(None),
+                    abandoned: AtomicBool::new(false),
                     attached: attach(index),
-                })
+                });
+                *shard.keep_alive.lock() = Some(Arc::clone(&shard));
+                shard
             })
             .collect();
         Self {
@@ -425,5 +521,69 @@ mod tests {
             48
         };
         assert!(entry + column <= budget, "{entry} + {column} bytes");
+    }
+
+    fn ledger(attachment: &Arc<()>) -> Ledger<Arc<()>> {
+        let config = LedgerConfig {
+            max_sites: 16,
+            window: Duration::from_secs(60),
+            timeline_capacity: 4,
+        };
+        Ledger::new(config, |_| Arc::clone(attachment))
+    }
+
+    fn checkout() -> Checkout {
+        Checkout {
+            location: Location::caller(),
+            span: None,
+            task: None,
+            waited: Duration::ZERO,
+            acquired: Ticks::now(),
+            connection: None,
+            panicking: false,
+        }
+    }
+
+    /// A ledger with no open record frees its shards when dropped: their
+    /// references to themselves do not leak them.
+    #[test]
+    fn shards_go_with_their_ledger() {
+        let attachment = Arc::new(());
+        let ledger = ledger(&attachment);
+        let (handle, key, _, _) = ledger.local_shard().open_held(checkout());
+        let (closed, keep_alive) = handle.close(key, Outcome::Returned, Ticks::now());
+        assert!(closed.is_some());
+        assert!(keep_alive.0.is_none(), "the ledger still holds the shard");
+        drop(ledger);
+        assert_eq!(Arc::strong_count(&attachment), 1, "a shard leaked");
+    }
+
+    /// A record open when its ledger goes keeps its shard alive until it
+    /// closes, and the close hands over the last reference.
+    #[test]
+    fn an_open_record_outlives_its_ledger() {
+        let attachment = Arc::new(());
+        let ledger = ledger(&attachment);
+        let shards = ledger.shards.len();
+        let (first, first_key, _, _) = ledger.local_shard().open_held(checkout());
+        let (second, second_key, _, _) = ledger.local_shard().open_held(checkout());
+        drop(ledger);
+        // The other shards went; this one stays for its records.
+        assert_eq!(Arc::strong_count(&attachment), 2, "of {shards} shards");
+        let (closed, keep_alive) = first.close(first_key, Outcome::Returned, Ticks::now());
+        assert!(
+            closed.is_some() && keep_alive.0.is_none(),
+            "a record is still open"
+        );
+        let (closed, keep_alive) = second.close(second_key, Outcome::Returned, Ticks::now());
+        assert!(closed.is_some());
+        // Still usable until the last reference goes.
+        assert_eq!(second.attached.as_ref(), &());
+        assert!(
+            keep_alive.0.is_some(),
+            "the last close takes the shard's reference"
+        );
+        drop(keep_alive);
+        assert_eq!(Arc::strong_count(&attachment), 1, "the shard leaked");
     }
 }

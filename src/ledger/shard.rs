@@ -421,7 +421,8 @@ impl ShardState {
         let origin = self.origins[entry.origin as usize];
         let delta = self.delta(entry.origin);
         delta.record_close(held, outcome);
-        let (activity, poisoned) = match ended {
+        // Read in place: the activity record is moved once, into `Closed`.
+        let poisoned = match &ended {
             Some((tick, activity)) => {
                 delta
                     .usage
@@ -435,11 +436,11 @@ impl ShardState {
                 let open = activity.transaction.is_open();
                 db.in_flight_at_return += u64::from(in_flight);
                 db.open_transaction_at_return += u64::from(open);
-                (Some(activity), in_flight || open)
+                in_flight || open
             }
             None => {
                 delta.usage.add_hold(in_tick, None);
-                (None, false)
+                false
             }
         };
         Some(Closed {
@@ -449,7 +450,7 @@ impl ShardState {
             span: origin.span(entry.span_id),
             outcome,
             held,
-            activity,
+            activity: ended.map(|(_, activity)| activity),
             poisoned,
             #[cfg(feature = "leak-report")]
             flagged: entry.reported,
