@@ -23,8 +23,11 @@ use std::any::Any;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::{Mutex, MutexGuard};
 
+use super::seqlock::SeqLock;
 use super::ticks::Ticks;
 
 /// The transaction state the server last reported.
@@ -51,9 +54,21 @@ impl TransactionState {
 
 /// The activity record of one connection. Created by the integration when
 /// it opens the connection; shared (`Arc`) with the ledger.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConnectionActivity {
     state: Mutex<ActivityState>,
+    /// What the end of a hold reads, as the writer's last batch left it:
+    /// the return path copies it out without taking `state`'s lock (an
+    /// uncontended lock and unlock cost as much as the rest of the
+    /// record's close).
+    published: SeqLock<PUBLISHED_WORDS>,
+    /// Readings taken at the last accounting points; see
+    /// [`ConnectionActivity::end_hold`] and [`ConnectionActivity::tick_mark`].
+    /// Written and read only by the ledger under the lock of the shard
+    /// holding the connection's current hold (a hold's start follows the
+    /// previous one's end through the pool's own synchronization).
+    hold_mark: Mark,
+    tick_mark: Mark,
     /// Keeps the allocation behind the integration's connection key from
     /// being freed (and its address reused by another connection) while
     /// this record exists; its strong count says whether the pooled object
@@ -94,10 +109,55 @@ struct ActivityState {
     statements: u64,
     /// The text of the last one, as sent (sanitized only when shown).
     last_statement: Option<Arc<str>>,
-    /// Readings taken at the last accounting points; see
-    /// [`ConnectionActivity::end_hold`] and [`ConnectionActivity::tick_mark`].
-    hold_mark: Counters,
-    tick_mark: Counters,
+}
+
+impl Default for ConnectionActivity {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            published: SeqLock::new(ActivityState::default().published()),
+            hold_mark: Mark::default(),
+            tick_mark: Mark::default(),
+            reservation: OnceLock::new(),
+        }
+    }
+}
+
+/// Words of [`ActivityState::published`].
+const PUBLISHED_WORDS: usize = 7;
+/// An absent instant in a published word.
+const NO_TICKS: u64 = u64::MAX;
+
+/// What [`ActivityState::published`] encodes, decoded.
+struct Published {
+    counters_at: ActivityState,
+    lost_pending: bool,
+}
+
+/// [`Counters`] in atomics (see [`ConnectionActivity::hold_mark`]).
+#[derive(Debug, Default)]
+struct Mark {
+    busy_ns: AtomicU64,
+    idle_in_transaction_ns: AtomicU64,
+    statements: AtomicU64,
+}
+
+impl Mark {
+    fn load(&self) -> Counters {
+        Counters {
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+            idle_in_transaction_ns: self.idle_in_transaction_ns.load(Ordering::Relaxed),
+            statements: self.statements.load(Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self, counters: Counters) {
+        self.busy_ns.store(counters.busy_ns, Ordering::Relaxed);
+        self.idle_in_transaction_ns
+            .store(counters.idle_in_transaction_ns, Ordering::Relaxed);
+        self.statements
+            .store(counters.statements, Ordering::Relaxed);
+    }
 }
 
 /// [`Totals`] as the state keeps them: nanoseconds, summed without
@@ -186,6 +246,54 @@ impl ActivityState {
         }
     }
 
+    /// The fields the end of a hold needs, as words for the seqlock.
+    fn published(&self) -> [u64; PUBLISHED_WORDS] {
+        let ticks = |t: Option<Ticks>| t.map_or(NO_TICKS, Ticks::raw);
+        let transaction = match self.transaction {
+            TransactionState::Unknown => 0u64,
+            TransactionState::Idle => 1,
+            TransactionState::Open => 2,
+            TransactionState::Failed => 3,
+        };
+        let lost_pending = !self.lost_reported && self.lost_reason.is_some();
+        [
+            self.busy_ns,
+            ticks(self.busy_since),
+            self.idle_in_transaction_ns,
+            ticks(self.idle_in_transaction_since),
+            self.statements,
+            u64::from(self.in_flight) | transaction << 32 | u64::from(lost_pending) << 40,
+            self.backend_pid
+                .map_or(0, |pid| 1 << 32 | u64::from(pid as u32)),
+        ]
+    }
+
+    /// The inverse of [`Self::published`]: a state with those fields set
+    /// (the rest default).
+    fn from_published(words: [u64; PUBLISHED_WORDS]) -> Published {
+        let ticks = |w: u64| (w != NO_TICKS).then(|| Ticks::from_raw(w));
+        let transaction = match (words[5] >> 32) & 0xff {
+            1 => TransactionState::Idle,
+            2 => TransactionState::Open,
+            3 => TransactionState::Failed,
+            _ => TransactionState::Unknown,
+        };
+        Published {
+            counters_at: ActivityState {
+                busy_ns: words[0],
+                busy_since: ticks(words[1]),
+                idle_in_transaction_ns: words[2],
+                idle_in_transaction_since: ticks(words[3]),
+                statements: words[4],
+                in_flight: words[5] as u32,
+                transaction,
+                backend_pid: (words[6] >> 32 == 1).then_some(words[6] as u32 as i32),
+                ..ActivityState::default()
+            },
+            lost_pending: (words[5] >> 40) & 1 == 1,
+        }
+    }
+
     fn totals(&self, now: Ticks) -> Totals {
         self.counters(now).since(Counters::default())
     }
@@ -220,9 +328,18 @@ impl ActivityState {
     }
 }
 
-/// The writer's handle: one lock for a batch of protocol messages.
+/// The writer's handle: one lock for a batch of protocol messages, whose
+/// result is published when the handle drops.
 pub(crate) struct ActivityWriter<'a> {
     state: MutexGuard<'a, ActivityState>,
+    published: &'a SeqLock<PUBLISHED_WORDS>,
+}
+
+impl Drop for ActivityWriter<'_> {
+    fn drop(&mut self) {
+        // Still under the lock: writes to the seqlock are serialized.
+        self.published.write(self.state.published());
+    }
 }
 
 impl ActivityWriter<'_> {
@@ -328,6 +445,7 @@ impl ConnectionActivity {
     pub(crate) fn writer(&self) -> ActivityWriter<'_> {
         ActivityWriter {
             state: self.state.lock(),
+            published: &self.published,
         }
     }
 
@@ -338,46 +456,80 @@ impl ConnectionActivity {
 
     /// Ends a hold at `now`: what the connection did since the previous
     /// hold ended (or since it opened) and since the last tick mark, and
-    /// its state now. The next hold counts from here. One lock.
+    /// its state now. The next hold counts from here. Reads the published
+    /// copy, without the lock, unless the connection is poisoned (its last
+    /// statement is wanted) or a loss is still to be reported.
     pub(crate) fn end_hold(&self, now: Ticks) -> HoldEnd {
+        let published = self.published.try_read().map(ActivityState::from_published);
+        let Some(Published {
+            counters_at: state,
+            lost_pending: false,
+        }) = published
+        else {
+            return self.end_hold_locked(now);
+        };
+        let (end, totals) = self.hold_end(&state, now);
+        if end.poisoned() && end.hold.statements > 0 {
+            return self.end_hold_locked(now);
+        }
+        self.move_marks(totals);
+        end
+    }
+
+    /// [`Self::end_hold`] under the lock: for the last statement's text and
+    /// the loss report, which the published copy does not carry.
+    #[cold]
+    fn end_hold_locked(&self, now: Ticks) -> HoldEnd {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let totals = state.counters(now);
-        let mut end = HoldEnd {
-            hold: totals.since(state.hold_mark),
-            tick: totals.since(state.tick_mark),
-            in_flight: state.in_flight,
-            transaction: state.transaction,
-            backend_pid: state.backend_pid,
-            last_statement: None,
-            observation_lost: None,
-        };
-        state.hold_mark = totals;
-        state.tick_mark = totals;
+        let (mut end, totals) = self.hold_end(state, now);
+        self.move_marks(totals);
         if end.poisoned() && end.hold.statements > 0 {
             end.last_statement = state.last_statement.clone();
         }
         if !state.lost_reported && state.lost_reason.is_some() {
             state.lost_reported = true;
             end.observation_lost = state.lost_reason;
+            self.published.write(state.published());
         }
         end
+    }
+
+    /// The hold's and the tick's part of `state` at `now`, and the
+    /// counters the marks move to when the hold ends.
+    fn hold_end(&self, state: &ActivityState, now: Ticks) -> (HoldEnd, Counters) {
+        let totals = state.counters(now);
+        let end = HoldEnd {
+            hold: totals.since(self.hold_mark.load()),
+            tick: totals.since(self.tick_mark.load()),
+            in_flight: state.in_flight,
+            transaction: state.transaction,
+            backend_pid: state.backend_pid,
+            last_statement: None,
+            observation_lost: None,
+        };
+        (end, totals)
+    }
+
+    /// The next hold and tick count from `totals`.
+    fn move_marks(&self, totals: Counters) {
+        self.hold_mark.store(totals);
+        self.tick_mark.store(totals);
     }
 
     /// What the current hold has done so far, without ending it.
     pub(crate) fn hold_so_far(&self, now: Ticks) -> (Totals, ActivityReading) {
         let state = self.state.lock();
         let reading = state.reading(now);
-        (state.counters(now).since(state.hold_mark), reading)
+        (state.counters(now).since(self.hold_mark.load()), reading)
     }
 
     /// Ends a tick at `now` for the hold in progress: what the connection
     /// did since the previous tick mark (or the hold's start).
     pub(crate) fn tick_mark(&self, now: Ticks) -> Totals {
-        let mut state = self.state.lock();
-        let counters = state.counters(now);
-        let during = counters.since(state.tick_mark);
-        state.tick_mark = counters;
+        let counters = self.state.lock().counters(now);
+        let during = counters.since(self.tick_mark.load());
+        self.tick_mark.store(counters);
         during
     }
 
@@ -501,6 +653,58 @@ mod tests {
         // The next hold starts from zero.
         let (next, _) = activity.hold_so_far(at(start, 40));
         assert_eq!(next, Totals::default());
+    }
+
+    /// The end of a hold reads the published copy; it agrees with the
+    /// locked state in every case, and the cases the copy does not carry
+    /// (the last statement of a poisoned hold, a loss) still come out.
+    #[test]
+    fn hold_ends_agree_with_the_locked_state() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.backend_pid(4242);
+            w.transaction_reported(at(start, 0), TransactionState::Idle);
+        }
+        // A transaction left open, a call still in flight.
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 10));
+            w.statement(Arc::from("BEGIN"));
+            w.ready(at(start, 12), TransactionState::Open);
+            w.request_sent(at(start, 20));
+            w.statement(Arc::from("UPDATE t SET v = 1"));
+        }
+        let end = activity.end_hold(at(start, 30));
+        assert!(end.poisoned());
+        assert_eq!(
+            (end.in_flight, end.transaction),
+            (1, TransactionState::Open)
+        );
+        assert_eq!(end.backend_pid, Some(4242));
+        assert_eq!(end.hold.statements, 2);
+        assert_eq!(end.hold.busy, Duration::from_millis(12));
+        assert_eq!(end.hold.idle_in_transaction, Duration::from_millis(8));
+        assert_eq!(end.last_statement.as_deref(), Some("UPDATE t SET v = 1"));
+        // A clean hold after it, read from the copy: only its own part.
+        {
+            let mut w = activity.writer();
+            w.ready(at(start, 40), TransactionState::Idle);
+        }
+        let end = activity.end_hold(at(start, 50));
+        assert!(!end.poisoned());
+        assert_eq!(end.hold.busy, Duration::from_millis(10));
+        assert_eq!(end.hold.statements, 0);
+        assert_eq!(end.last_statement, None);
+        // A loss is reported with the first hold end after it, once.
+        activity.writer().lost(at(start, 60), "a test");
+        assert_eq!(
+            activity.end_hold(at(start, 70)).observation_lost,
+            Some("a test")
+        );
+        assert_eq!(activity.end_hold(at(start, 80)).observation_lost, None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub(crate) mod connection;
 #[cfg(test)]
 mod model;
 mod records;
+mod seqlock;
 mod shard;
 mod stats;
 mod ticks;

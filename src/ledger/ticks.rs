@@ -83,6 +83,17 @@ impl Ticks {
         Duration::from_nanos(self.nanos_until(later))
     }
 
+    /// The tick count, for storing in an atomic word ([`Self::NEVER`]'s
+    /// `u64::MAX` can stand for "none": no real instant reaches it).
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The inverse of [`Self::raw`].
+    pub(crate) fn from_raw(raw: u64) -> Ticks {
+        Ticks(raw)
+    }
+
     /// [`Self::until`] in nanoseconds (0 if `later` is earlier): for sums
     /// kept on the hot path, which `Duration` arithmetic would normalize
     /// at every step.
