@@ -23,8 +23,8 @@ use poolwatch::postgres::Pool;
 use poolwatch::WatchConfig;
 use tracing::Instrument;
 
-#[path = "../tests/support/pg.rs"]
-mod pg;
+#[path = "support/config.rs"]
+mod config;
 #[path = "support/sites.rs"]
 mod sites;
 
@@ -57,28 +57,12 @@ async fn populate(pool: &Pool) {
 }
 
 fn pool() -> Pool {
-    let config = pg::pg_config().expect("a test database");
-    let mut cfg = deadpool_postgres::Config::new();
-    cfg.host = config.get_hosts().first().map(|h| match h {
-        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        tokio_postgres::config::Host::Tcp(name) => name.clone(),
-    });
-    cfg.port = config.get_ports().first().copied();
-    cfg.user = config.get_user().map(str::to_owned);
-    cfg.dbname = config.get_dbname().map(str::to_owned);
-    cfg.pool = Some(deadpool_postgres::PoolConfig::new(2));
     let watch = WatchConfig::builder()
         .pool_name("reader-bench")
         .max_sites(1024)
         .build()
         .unwrap();
-    Pool::from_config(
-        &cfg,
-        Some(deadpool_postgres::Runtime::Tokio1),
-        tokio_postgres::NoTls,
-        watch,
-    )
-    .expect("the recommended constructor")
+    config::watched_pool_with(2, watch)
 }
 
 /// Per-operation latencies of `n` checkout+return pairs, in nanoseconds.

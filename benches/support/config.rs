@@ -61,6 +61,14 @@ pub fn watched_pool_with_stacks(
         .stacks(stacks)
         .build()
         .expect("watch config");
+    watched_pool_with(max_size, watch)
+}
+
+/// `Pool::from_config` (what `create_pool` calls) with `watch`.
+pub fn watched_pool_with(
+    max_size: usize,
+    watch: poolwatch::WatchConfig,
+) -> poolwatch::postgres::Pool {
     poolwatch::postgres::Pool::from_config(
         &deadpool_config(max_size),
         Some(Runtime::Tokio1),

@@ -26,8 +26,9 @@ use super::stats::{Counts, Distributions, SiteDelta, StatsKey, Usage};
 use super::ticks::Ticks;
 use crate::site::CallSite;
 
-/// Hash maps keyed by call sites and spans: foldhash rather than SipHash
-/// (a `CallSite` hashes its file name; a snapshot hashes thousands).
+/// Hash maps whose keys no attacker picks (call sites, spans, the client
+/// library's statement names): foldhash rather than SipHash (a `CallSite`
+/// hashes its file name; a snapshot hashes thousands).
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Episodes kept (the oldest go first).

@@ -20,10 +20,9 @@
 #![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -130,7 +129,7 @@ const NO_TICKS: u64 = u64::MAX;
 
 /// What [`ActivityState::published`] encodes, decoded.
 struct Published {
-    counters_at: ActivityState,
+    state: ActivityState,
     lost_pending: bool,
 }
 
@@ -279,7 +278,7 @@ impl ActivityState {
             _ => TransactionState::Unknown,
         };
         Published {
-            counters_at: ActivityState {
+            state: ActivityState {
                 busy_ns: words[0],
                 busy_since: ticks(words[1]),
                 idle_in_transaction_ns: words[2],
@@ -462,7 +461,7 @@ impl ConnectionActivity {
     pub(crate) fn end_hold(&self, now: Ticks) -> HoldEnd {
         let published = self.published.try_read().map(ActivityState::from_published);
         let Some(Published {
-            counters_at: state,
+            state,
             lost_pending: false,
         }) = published
         else {

@@ -3,11 +3,12 @@
 //! map, so running an already-prepared statement allocates nothing.
 
 use std::borrow::Cow;
-// The names are the client library's own ("s0", "s1", ...), not input an
-// attacker picks, so a fast hash is safe; SipHash was a fifth of the
-// observer's cost per prepared-statement call.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
+
+// foldhash: the names are the client library's own ("s0", "s1", ...), not
+// input an attacker picks, and SipHash was a fifth of the observer's cost
+// per prepared-statement call.
+use crate::ledger::archive::HashMap;
 
 /// The longest statement text kept, in bytes (cut at a character
 /// boundary, then marked with [`CUT_MARK`]).
