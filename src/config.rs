@@ -95,7 +95,7 @@ pub(crate) fn check_threshold(setting: &'static str, value: Duration) -> Result<
 ///
 /// | setting | default | environment variable |
 /// |---|---|---|
-/// | [`pool_name`](Self::pool_name) | `"default"` | `POOLWATCH_POOL_NAME` |
+/// | [`pool_name`](Self::pool_name) | `"default"`; pools built by `poolwatch::postgres`: `host:port/database` | `POOLWATCH_POOL_NAME` |
 /// | [`hold_threshold`](Self::hold_threshold) | 5 s | `POOLWATCH_HOLD_THRESHOLD` |
 /// | [`slow_acquire`](Self::slow_acquire) | 1 s | `POOLWATCH_SLOW_ACQUIRE` |
 /// | [`max_sites`](Self::max_sites) | 256 | `POOLWATCH_MAX_SITES` |
@@ -134,7 +134,7 @@ pub struct WatchConfig {
     /// the [`CallSite::OVERFLOW`](crate::CallSite::OVERFLOW) bucket, so memory stays bounded.
     pub max_sites: usize,
     /// With the `metrics` feature: how many call sites get per-site
-    /// histograms with a `code.site` label (0, the default, for none).
+    /// histograms with a `poolwatch.site` label (0, the default, for none).
     pub metrics_site_labels: usize,
     /// How often the pressure timeline samples the pool (`None`: never, and
     /// no sampling thread runs for this pool).
@@ -167,7 +167,7 @@ pub struct WatchConfig {
 impl Default for WatchConfig {
     fn default() -> Self {
         Self {
-            pool_name: "default".to_owned(),
+            pool_name: Self::DEFAULT_POOL_NAME.to_owned(),
             hold_threshold: Duration::from_secs(5),
             slow_acquire: Duration::from_secs(1),
             max_sites: 256,
@@ -184,6 +184,15 @@ impl Default for WatchConfig {
 }
 
 impl WatchConfig {
+    /// The pool name when none is given. The pools `poolwatch::postgres`
+    /// builds replace it with `server.address:server.port/db.namespace`
+    /// (OpenTelemetry's suggestion for `db.client.connection.pool.name`).
+    ///
+    /// ```
+    /// assert_eq!(poolwatch::WatchConfig::default().pool_name, poolwatch::WatchConfig::DEFAULT_POOL_NAME);
+    /// ```
+    pub const DEFAULT_POOL_NAME: &'static str = "default";
+
     /// A builder starting from the defaults.
     pub fn builder() -> WatchConfigBuilder {
         WatchConfigBuilder {

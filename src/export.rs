@@ -1,6 +1,7 @@
 //! Metrics export through the [`metrics`] facade, with OpenTelemetry
-//! semantic-convention names, so any Prometheus or OTel backend aggregates
-//! the pools of many service instances.
+//! semantic-convention names (semconv v1.44: `db.client.connection.*`,
+//! Development; `db.client.operation.duration`, Stable), so any Prometheus
+//! or OTel backend aggregates the pools of many service instances.
 //!
 //! | name | kind | unit | labels |
 //! |---|---|---|---|
@@ -8,12 +9,15 @@
 //! | `db.client.connection.max` | gauge | connections | |
 //! | `db.client.connection.pending_requests` | gauge | requests | |
 //! | `db.client.connection.timeouts` | counter | timeouts | |
-//! | `db.client.connection.wait_time` | histogram | seconds | |
+//! | `db.client.connection.create_time` | histogram | seconds | (pools built by `poolwatch::postgres`; time to open a connection, startup and TLS included) |
+//! | `db.client.connection.wait_time` | histogram | seconds | (successful acquires: the time to obtain a connection) |
 //! | `db.client.connection.use_time` | histogram | seconds | |
-//! | `poolwatch.acquire.failures` | counter | failures | `poolwatch.failure` = `timeout` \| `closed` \| `backend` \| `no_runtime` |
+//! | `db.client.operation.duration` | histogram | seconds | `db.system.name` = `postgresql`, `db.operation.name` (first keyword, when it is one of [`OPERATION_NAMES`]), `error.type` (the SQLSTATE, failed calls only) |
+//! | `poolwatch.acquire.failures` | counter | failures | `error.type` = `timeout` \| `closed` \| `backend` \| `no_runtime` |
 //! | `poolwatch.acquire.cancelled` | counter | acquires | (futures dropped while waiting) |
 //! | `poolwatch.acquire.nested` | counter | acquires | (waited while the same task held a guard) |
 //! | `poolwatch.acquire.oldest_wait` | gauge | seconds | (the longest a caller has been waiting right now; pgbouncer's `maxwait`) |
+//! | `poolwatch.hold.oldest` | gauge | seconds | (the longest a connection has been held right now: a leak shows as a line that only climbs) |
 //! | `poolwatch.hold.endings` | counter | holds | `poolwatch.outcome` = `returned` \| `dropped_while_panicking` \| `detached` \| `untracked` |
 //! | `poolwatch.hold.past_threshold` | counter | holds | |
 //! | `poolwatch.hold.error_paths` | counter | holds | `poolwatch.error_path` = `dropped_while_panicking` \| `rolled_back_by_drop` \| `open_transaction_at_return` \| `in_flight_at_drop` |
@@ -22,28 +26,83 @@
 //! | `poolwatch.leaks.returned_after_flagged` | counter | guards | (`leak-report`) |
 //! | `poolwatch.leaks.never_returned` | counter | guards | (`leak-report`: still out at close or drop) |
 //!
-//! Every metric carries `db.client.connection.pool.name`. There is no
-//! per-call-site label unless [`WatchConfig::metrics_site_labels`](crate::WatchConfig::metrics_site_labels)
-//! asks for one: then `poolwatch.site.wait_time` and `poolwatch.site.use_time`
-//! (seconds) carry a `code.site` label (`file:line:column`) for at most that
-//! many call sites, as separate names so that summing the pool-wide series
-//! never double counts. Cardinality is what a metrics backend pays for.
+//! Every metric carries `db.client.connection.pool.name`: the
+//! [`pool_name`](crate::WatchConfig::pool_name) you set, else, for pools
+//! built by `poolwatch::postgres`, `server.address:server.port/db.namespace`
+//! as semconv suggests (`db.example.com:5432/shop`). There is no
+//! per-call-site label unless
+//! [`WatchConfig::metrics_site_labels`](crate::WatchConfig::metrics_site_labels)
+//! asks for one: then `poolwatch.site.wait_time` and
+//! `poolwatch.site.use_time` (seconds) carry a `poolwatch.site` label
+//! (`file:line:column`) for at most that many call sites, as separate names
+//! so that summing the pool-wide series never double counts. (Semconv
+//! reserves the `code.*` namespace for its own attributes.) Cardinality is
+//! what a metrics backend pays for.
 //!
 //! Handles are registered with the recorder installed when the pool is
 //! wrapped: install your recorder (e.g. `metrics-exporter-prometheus`)
 //! before creating the pool.
 //!
-//! metrics-exporter-prometheus renders a histogram as a *summary*
-//! (quantiles that cannot be aggregated across instances) unless buckets
-//! are set; set them for the `*_time` histograms
-//! (`PrometheusBuilder::set_buckets_for_metric`), as `examples/service.rs`
-//! does.
+//! # Prometheus
+//!
+//! Two settings make the output aggregate across instances and match what
+//! an OpenTelemetry collector's Prometheus exporter writes for the same
+//! instruments (`db_client_connection_wait_time_seconds_bucket`,
+//! `db_client_connection_timeouts_total`):
+//!
+//! * **Buckets.** metrics-exporter-prometheus renders a histogram as a
+//!   *summary* (quantiles, which cannot be summed across instances) unless
+//!   it is given buckets. [`DURATION_BUCKETS`] covers 100 µs to 60 s.
+//! * **Names.** `with_recommended_naming(true)` appends `_total` to
+//!   counters and the unit (`_seconds`) to the `*_time`, `duration` and
+//!   `oldest*` metrics.
+//!
+//! ```
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//!
+//! let builder = PrometheusBuilder::new()
+//!     .with_recommended_naming(true)
+//!     // Every histogram poolwatch records is in seconds.
+//!     .set_buckets_for_metric(
+//!         Matcher::Prefix("db_client".into()),
+//!         poolwatch::export::DURATION_BUCKETS,
+//!     )?
+//!     .set_buckets_for_metric(
+//!         Matcher::Prefix("poolwatch".into()),
+//!         poolwatch::export::DURATION_BUCKETS,
+//!     )?;
+//! # let _ = builder;
+//! # Ok::<(), metrics_exporter_prometheus::BuildError>(())
+//! ```
+//!
+//! `deploy/prometheus/` has recording and alerting rules (with `promtool`
+//! tests) and `deploy/grafana/` a dashboard, both over these names.
+//!
+//! # What the facade cannot say
+//!
+//! * **Instrument kinds.** Semconv's `db.client.connection.count` and
+//!   `pending_requests` are UpDownCounters; the facade has gauges, which
+//!   poolwatch sets to the current value (an OTel bridge exports them as
+//!   gauges, which sum across instances the same way).
+//! * **Units.** The facade's [`Unit`](metrics::Unit) has seconds and a
+//!   plain count, not semconv's annotations (`{connection}`, `{request}`,
+//!   `{timeout}`): counts are described as [`Unit::Count`](metrics::Unit),
+//!   which Prometheus renders without a suffix, as an OTel collector does
+//!   for annotation units.
+//! * **Histogram buckets** are the exporter's setting, not the
+//!   instrument's (semconv's advice is its bucket list; see above).
+//!
+//! # When values are current
 //!
 //! Gauges are refreshed by the sampler at every tick (each second by
-//! default), at a failed acquire, and on demand with
+//! default) whether or not anything is checked out or returned, so a fully
+//! stuck pool still shows its pending requests and its oldest waiter and
+//! hold climbing; also at a failed acquire, and on demand with
 //! [`WatchedPool::record_metrics`](crate::WatchedPool::record_metrics)
-//! (call it before rendering a scrape). Not per checkout: reading
-//! deadpool's status takes its slot lock.
+//! (call it before rendering a scrape). With the timeline off
+//! ([`timeline_tick(None)`](crate::WatchConfigBuilder::timeline_tick)) there
+//! is no sampler: only `record_metrics` refreshes them. Not per checkout:
+//! reading deadpool's status takes its slot lock.
 //!
 //! Without the `metrics` feature this module is private and its handles do
 //! nothing, so the code that records needs no `cfg` at every call.
@@ -51,6 +110,8 @@
 // Without `metrics` the names below are the no-op handles' unused
 // vocabulary; keeping them compiled keeps both builds in step.
 #![cfg_attr(not(feature = "metrics"), allow(dead_code))]
+// The connections' metrics are recorded by the PostgreSQL integration only.
+#![cfg_attr(not(feature = "postgres"), allow(dead_code, unused_imports))]
 
 use std::time::Duration;
 
@@ -69,11 +130,46 @@ pub const CONNECTION_MAX: &str = "db.client.connection.max";
 pub const PENDING_REQUESTS: &str = "db.client.connection.pending_requests";
 /// Acquires that timed out.
 pub const TIMEOUTS: &str = "db.client.connection.timeouts";
-/// Time to acquire a connection, in seconds.
+/// Time to open a new connection, in seconds (pools built by
+/// `poolwatch::postgres`).
+pub const CREATE_TIME: &str = "db.client.connection.create_time";
+/// Time to obtain a connection (successful acquires), in seconds.
 pub const WAIT_TIME: &str = "db.client.connection.wait_time";
 /// Time a connection was held, in seconds.
 pub const USE_TIME: &str = "db.client.connection.use_time";
-/// Failed acquires, by kind.
+/// Every database call on an observed connection, from the request going
+/// out to the server's "ready", in seconds.
+pub const OPERATION_DURATION: &str = "db.client.operation.duration";
+/// Attribute of [`OPERATION_DURATION`]: the database system.
+pub const DB_SYSTEM_NAME: &str = "db.system.name";
+/// Attribute of [`OPERATION_DURATION`]: the statement's first keyword,
+/// when it is one of [`OPERATION_NAMES`].
+pub const DB_OPERATION_NAME: &str = "db.operation.name";
+/// Attribute of failures: the kind of failure (a failed acquire's kind; a
+/// failed call's SQLSTATE).
+pub const ERROR_TYPE: &str = "error.type";
+/// The values [`DB_OPERATION_NAME`] takes; a statement starting with any
+/// other word (or none, e.g. `WITH`, whose operation is further in) has no
+/// operation name, which keeps the label's values few.
+pub const OPERATION_NAMES: [&str; 16] = [
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "COPY",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "SET",
+    "SHOW",
+    "CALL",
+    "LISTEN",
+];
+/// Failed acquires, by kind ([`ERROR_TYPE`]).
 pub const ACQUIRE_FAILURES: &str = "poolwatch.acquire.failures";
 /// Acquires cancelled by their caller while waiting.
 pub const ACQUIRES_CANCELLED: &str = "poolwatch.acquire.cancelled";
@@ -81,12 +177,18 @@ pub const ACQUIRES_CANCELLED: &str = "poolwatch.acquire.cancelled";
 pub const NESTED_CHECKOUTS: &str = "poolwatch.acquire.nested";
 /// How long the longest-waiting caller has waited so far, in seconds.
 pub const OLDEST_WAIT: &str = "poolwatch.acquire.oldest_wait";
-/// How holds ended, by outcome (error-path drops among them).
+/// How long the longest-held connection has been held so far, in seconds.
+pub const OLDEST_HOLD: &str = "poolwatch.hold.oldest";
+/// How holds ended, by outcome ([`OUTCOME`]; error-path drops among them).
 pub const HOLD_ENDINGS: &str = "poolwatch.hold.endings";
+/// Attribute of [`HOLD_ENDINGS`].
+pub const OUTCOME: &str = "poolwatch.outcome";
 /// Holds that ended past the hold threshold.
 pub const HOLDS_PAST_THRESHOLD: &str = "poolwatch.hold.past_threshold";
-/// Error-path endings, by kind.
+/// Error-path endings, by kind ([`ERROR_PATH`]).
 pub const ERROR_PATHS: &str = "poolwatch.hold.error_paths";
+/// Attribute of [`ERROR_PATHS`].
+pub const ERROR_PATH: &str = "poolwatch.error_path";
 /// Time inside database calls per hold, in seconds.
 pub const BUSY_TIME: &str = "poolwatch.hold.busy_time";
 /// Guards flagged by the watchdog while held.
@@ -97,11 +199,52 @@ pub const RETURNED_AFTER_FLAGGED: &str = "poolwatch.leaks.returned_after_flagged
 pub const NEVER_RETURNED: &str = "poolwatch.leaks.never_returned";
 
 /// The opt-in per-site label.
-pub const SITE: &str = "code.site";
+pub const SITE: &str = "poolwatch.site";
 /// Opt-in per-site wait time, in seconds.
 pub const SITE_WAIT_TIME: &str = "poolwatch.site.wait_time";
 /// Opt-in per-site hold time, in seconds.
 pub const SITE_USE_TIME: &str = "poolwatch.site.use_time";
+
+/// Histogram buckets for every poolwatch duration, in seconds: 100 µs to
+/// 60 s, about three per decade (semconv's advice for
+/// `db.client.operation.duration` stops at 10 s; a held connection, a
+/// wait or a connect can take a minute).
+///
+/// ```
+/// let buckets = poolwatch::export::DURATION_BUCKETS;
+/// assert_eq!(buckets.first(), Some(&0.0001));
+/// assert_eq!(buckets.last(), Some(&60.0));
+/// assert!(buckets.windows(2).all(|w| w[0] < w[1]));
+/// ```
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// The operation name of a statement: its first keyword, when it is one
+/// of [`OPERATION_NAMES`] (case-insensitive; leading whitespace, comments
+/// and parentheses skipped).
+pub(crate) fn operation_name(statement: &str) -> Option<&'static str> {
+    let mut rest = statement;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(line) = rest.strip_prefix("--") {
+            rest = line.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(block) = rest.strip_prefix("/*") {
+            rest = block.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    let word_end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let word = &rest[..word_end];
+    OPERATION_NAMES
+        .iter()
+        .copied()
+        .find(|name| name.eq_ignore_ascii_case(word))
+}
 
 /// The kinds of [`ERROR_PATHS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,16 +290,18 @@ pub(crate) struct HoldEnded {
 }
 
 #[cfg(feature = "metrics")]
-pub(crate) use real::PoolMetrics;
+pub(crate) use real::{ConnectionMetrics, PoolMetrics};
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) use noop::PoolMetrics;
+pub(crate) use noop::{ConnectionMetrics, PoolMetrics};
 
 #[cfg(feature = "metrics")]
 mod real {
-    use std::sync::OnceLock;
+    use std::collections::HashMap;
+    use std::sync::{Arc, OnceLock};
 
     use metrics::{Counter, Gauge, Histogram, Unit};
+    use parking_lot::Mutex;
 
     use super::*;
     use crate::site::CallSite;
@@ -175,9 +320,24 @@ mod real {
         );
         metrics::describe_counter!(TIMEOUTS, Unit::Count, "Acquires that timed out");
         metrics::describe_histogram!(
+            CREATE_TIME,
+            Unit::Seconds,
+            "Time it took to create a new connection"
+        );
+        metrics::describe_histogram!(
+            OPERATION_DURATION,
+            Unit::Seconds,
+            "Duration of database client operations"
+        );
+        metrics::describe_gauge!(
+            OLDEST_HOLD,
+            Unit::Seconds,
+            "How long the longest-held connection has been held so far"
+        );
+        metrics::describe_histogram!(
             WAIT_TIME,
             Unit::Seconds,
-            "Time it took to obtain a connection"
+            "Time it took to obtain an open connection from the pool"
         );
         metrics::describe_histogram!(
             USE_TIME,
@@ -260,6 +420,9 @@ mod real {
     /// One pool's metric handles, registered once.
     pub(crate) struct PoolMetrics {
         pool_name: String,
+        oldest_hold: Gauge,
+        create_time: Histogram,
+        operations: Arc<OperationMetrics>,
         idle: Gauge,
         used: Gauge,
         max: Gauge,
@@ -297,6 +460,9 @@ mod real {
             let name = pool_name.to_owned();
             let count = |state: &'static str| metrics::gauge!(CONNECTION_COUNT, POOL_NAME => name.clone(), CONNECTION_STATE => state);
             Self {
+                oldest_hold: metrics::gauge!(OLDEST_HOLD, POOL_NAME => name.clone()),
+                create_time: metrics::histogram!(CREATE_TIME, POOL_NAME => name.clone()),
+                operations: Arc::new(OperationMetrics::new(&name)),
                 idle: count("idle"),
                 used: count("used"),
                 max: metrics::gauge!(CONNECTION_MAX, POOL_NAME => name.clone()),
@@ -307,15 +473,15 @@ mod real {
                 use_time: metrics::histogram!(USE_TIME, POOL_NAME => name.clone()),
                 past_threshold: metrics::counter!(HOLDS_PAST_THRESHOLD, POOL_NAME => name.clone()),
                 failures: FAILURES.map(|f| {
-                    metrics::counter!(ACQUIRE_FAILURES, POOL_NAME => name.clone(), "poolwatch.failure" => f.as_str())
+                    metrics::counter!(ACQUIRE_FAILURES, POOL_NAME => name.clone(), ERROR_TYPE => f.as_str())
                 }),
                 cancelled: metrics::counter!(ACQUIRES_CANCELLED, POOL_NAME => name.clone()),
                 nested: metrics::counter!(NESTED_CHECKOUTS, POOL_NAME => name.clone()),
                 endings: OUTCOMES.map(|o| {
-                    metrics::counter!(HOLD_ENDINGS, POOL_NAME => name.clone(), "poolwatch.outcome" => o.as_str())
+                    metrics::counter!(HOLD_ENDINGS, POOL_NAME => name.clone(), OUTCOME => o.as_str())
                 }),
                 error_paths: ErrorPath::ALL.map(|kind| {
-                    metrics::counter!(ERROR_PATHS, POOL_NAME => name.clone(), "poolwatch.error_path" => kind.as_str())
+                    metrics::counter!(ERROR_PATHS, POOL_NAME => name.clone(), ERROR_PATH => kind.as_str())
                 }),
                 busy_time: metrics::histogram!(BUSY_TIME, POOL_NAME => name.clone()),
                 leaks_flagged: metrics::counter!(LEAKS_FLAGGED, POOL_NAME => name.clone()),
@@ -354,6 +520,18 @@ mod real {
             self.oldest_wait.set(oldest.as_secs_f64());
         }
 
+        pub(crate) fn set_oldest_hold(&self, oldest: Duration) {
+            self.oldest_hold.set(oldest.as_secs_f64());
+        }
+
+        /// The handles the pool's connections record into.
+        pub(crate) fn connection_metrics(&self) -> ConnectionMetrics {
+            ConnectionMetrics {
+                create_time: self.create_time.clone(),
+                operations: Arc::clone(&self.operations),
+            }
+        }
+
         #[inline]
         pub(crate) fn checked_out(
             &self,
@@ -369,16 +547,16 @@ mod real {
             }
         }
 
-        pub(crate) fn failed(&self, failure: AcquireFailure, waited: Duration) {
-            self.wait_time.record(waited.as_secs_f64());
+        /// A failed acquire: counted by kind; not a wait time (semconv's is
+        /// the time to obtain a connection).
+        pub(crate) fn failed(&self, failure: AcquireFailure) {
             self.failures[FAILURES.iter().position(|f| *f == failure).unwrap_or(0)].increment(1);
             if failure == AcquireFailure::Timeout {
                 self.timeouts.increment(1);
             }
         }
 
-        pub(crate) fn cancelled(&self, waited: Duration) {
-            self.wait_time.record(waited.as_secs_f64());
+        pub(crate) fn cancelled(&self) {
             self.cancelled.increment(1);
         }
 
@@ -436,6 +614,111 @@ mod real {
             self.never_returned.increment(1);
         }
     }
+
+    /// Distinct (operation, SQLSTATE) series of failed calls per pool, at
+    /// most; past that a failure is labelled `_OTHER` (semconv's fallback).
+    const FAILED_SERIES: usize = 256;
+
+    /// The per-call histograms of one pool, registered on first use (a
+    /// pool that never runs `MERGE` renders no `MERGE` series).
+    pub(crate) struct OperationMetrics {
+        pool_name: String,
+        /// By position in [`OPERATION_NAMES`]; the last: no name.
+        succeeded: [OnceLock<Histogram>; OPERATION_NAMES.len() + 1],
+        failed: Mutex<HashMap<(Option<&'static str>, [u8; 5]), Histogram>>,
+        failed_other: OnceLock<Histogram>,
+    }
+
+    impl OperationMetrics {
+        fn new(pool_name: &str) -> Self {
+            Self {
+                pool_name: pool_name.to_owned(),
+                succeeded: std::array::from_fn(|_| OnceLock::new()),
+                failed: Mutex::new(HashMap::new()),
+                failed_other: OnceLock::new(),
+            }
+        }
+
+        fn register(&self, name: Option<&'static str>, error: Option<&str>) -> Histogram {
+            let mut labels = vec![
+                metrics::Label::new(POOL_NAME, self.pool_name.clone()),
+                metrics::Label::from_static_parts(DB_SYSTEM_NAME, "postgresql"),
+            ];
+            if let Some(name) = name {
+                labels.push(metrics::Label::from_static_parts(DB_OPERATION_NAME, name));
+            }
+            if let Some(error) = error {
+                labels.push(metrics::Label::new(ERROR_TYPE, error.to_owned()));
+            }
+            metrics::histogram!(OPERATION_DURATION, labels)
+        }
+
+        fn record(&self, took: Duration, name: Option<&'static str>, error: Option<[u8; 5]>) {
+            let seconds = took.as_secs_f64();
+            let Some(code) = error else {
+                let index = name
+                    .and_then(|n| OPERATION_NAMES.iter().position(|o| *o == n))
+                    .unwrap_or(OPERATION_NAMES.len());
+                self.succeeded[index]
+                    .get_or_init(|| self.register(name, None))
+                    .record(seconds);
+                return;
+            };
+            let mut failed = self.failed.lock();
+            if let Some(histogram) = failed.get(&(name, code)) {
+                histogram.record(seconds);
+            } else if failed.len() < FAILED_SERIES {
+                // SQLSTATEs are five ASCII digits or capitals (checked
+                // where they are read).
+                let text = std::str::from_utf8(&code).unwrap_or("_OTHER");
+                let histogram = self.register(name, Some(text));
+                histogram.record(seconds);
+                failed.insert((name, code), histogram);
+            } else {
+                drop(failed);
+                self.failed_other
+                    .get_or_init(|| self.register(None, Some("_OTHER")))
+                    .record(seconds);
+            }
+        }
+    }
+
+    /// What a pool's connections record: the time to open one and each
+    /// call's duration. Cloned into the connection layer.
+    #[derive(Clone)]
+    pub(crate) struct ConnectionMetrics {
+        create_time: Histogram,
+        operations: Arc<OperationMetrics>,
+    }
+
+    impl ConnectionMetrics {
+        /// Whether anything is recorded (with the `metrics` feature: yes).
+        pub(crate) fn enabled(&self) -> bool {
+            true
+        }
+
+        /// A connection was opened (startup and TLS included).
+        pub(crate) fn connected(&self, took: Duration) {
+            self.create_time.record(took.as_secs_f64());
+        }
+
+        /// A database call ended: its operation name (see
+        /// [`operation_name`]) and, for a failed call, its SQLSTATE.
+        pub(crate) fn operation(
+            &self,
+            took: Duration,
+            name: Option<&'static str>,
+            error: Option<[u8; 5]>,
+        ) {
+            self.operations.record(took, name, error);
+        }
+    }
+
+    impl std::fmt::Debug for ConnectionMetrics {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("ConnectionMetrics")
+        }
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -461,6 +744,12 @@ mod noop {
         #[inline(always)]
         pub(crate) fn set_oldest_wait(&self, _oldest: Duration) {}
         #[inline(always)]
+        pub(crate) fn set_oldest_hold(&self, _oldest: Duration) {}
+        #[inline(always)]
+        pub(crate) fn connection_metrics(&self) -> ConnectionMetrics {
+            ConnectionMetrics
+        }
+        #[inline(always)]
         pub(crate) fn checked_out(
             &self,
             _waited: Duration,
@@ -469,9 +758,9 @@ mod noop {
         ) {
         }
         #[inline(always)]
-        pub(crate) fn failed(&self, _failure: AcquireFailure, _waited: Duration) {}
+        pub(crate) fn failed(&self, _failure: AcquireFailure) {}
         #[inline(always)]
-        pub(crate) fn cancelled(&self, _waited: Duration) {}
+        pub(crate) fn cancelled(&self) {}
         #[inline(always)]
         pub(crate) fn nested(&self) {}
         #[inline(always)]
@@ -484,5 +773,27 @@ mod noop {
         #[inline(always)]
         #[allow(dead_code)] // leak-report only
         pub(crate) fn never_returned(&self) {}
+    }
+
+    /// Without the `metrics` feature: records nothing.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct ConnectionMetrics;
+
+    #[allow(clippy::unused_self)]
+    impl ConnectionMetrics {
+        #[inline(always)]
+        pub(crate) fn enabled(&self) -> bool {
+            false
+        }
+        #[inline(always)]
+        pub(crate) fn connected(&self, _took: Duration) {}
+        #[inline(always)]
+        pub(crate) fn operation(
+            &self,
+            _took: Duration,
+            _name: Option<&'static str>,
+            _error: Option<[u8; 5]>,
+        ) {
+        }
     }
 }

@@ -343,7 +343,7 @@ impl Observer {
         error: &str,
         holders: impl FnOnce() -> (usize, HolderList),
     ) {
-        self.metrics.failed(failure, waited);
+        self.metrics.failed(failure);
         let status = self.status();
         self.metrics.set_status(status);
         let Some(permit) = self.permit(Family::AcquireFailed) else {
@@ -374,7 +374,7 @@ impl Observer {
         waited: Duration,
         holders: impl FnOnce() -> (usize, HolderList),
     ) {
-        self.metrics.cancelled(waited);
+        self.metrics.cancelled();
         let Some(permit) = self.permit(Family::AcquireCancelled) else {
             return;
         };
@@ -557,12 +557,14 @@ impl Observer {
         &self,
         now: Ticks,
         waiters: &[Waiter],
+        oldest_hold: Duration,
         holders: impl FnOnce() -> (usize, HolderList),
     ) {
         let status = self.status();
         self.metrics.set_status(status);
         let oldest = waiters.first().map_or(Duration::ZERO, |w| w.waited(now));
         self.metrics.set_oldest_wait(oldest);
+        self.metrics.set_oldest_hold(oldest_hold);
         let threshold = self.thresholds.slow_acquire();
         let stuck: Vec<&Waiter> = waiters
             .iter()

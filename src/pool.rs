@@ -202,7 +202,8 @@ impl<M: Manager> WatchedPool<M> {
     }
 
     /// Refreshes the gauges (`db.client.connection.count`, `.max`,
-    /// `.pending_requests`) from deadpool's status. They also refresh at
+    /// `.pending_requests` from deadpool's status; `poolwatch.acquire.oldest_wait`
+    /// and `poolwatch.hold.oldest` from the ledger). They also refresh at
     /// every sampler tick (each second by default), not per checkout:
     /// reading deadpool's status takes its slot lock. Call this before
     /// rendering a scrape for values of this instant.
@@ -216,10 +217,13 @@ impl<M: Manager> WatchedPool<M> {
     /// ```
     #[cfg(feature = "metrics")]
     pub fn record_metrics(&self) {
-        self.shared
-            .observer
-            .metrics
-            .set_status(self.pool.status().into());
+        use crate::ledger::Ticks;
+        let metrics = &self.shared.observer.metrics;
+        metrics.set_status(self.pool.status().into());
+        let now = Ticks::now();
+        let oldest_wait = self.shared.ledger.waiters().first().map(|w| w.waited(now));
+        metrics.set_oldest_wait(oldest_wait.unwrap_or_default());
+        metrics.set_oldest_hold(self.shared.ledger.oldest_hold(now));
     }
 
     /// The diagnosis: what is wrong now (leak, cleanup path, long hold,

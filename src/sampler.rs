@@ -86,9 +86,10 @@ impl Shared {
             }
             self.observer.report_server_failure();
         }
-        self.observer.tick(now, &waiters, || {
-            observe::holders_now(&self.ledger, &self.observer)
-        });
+        self.observer
+            .tick(now, &waiters, self.ledger.oldest_hold(now), || {
+                observe::holders_now(&self.ledger, &self.observer)
+            });
         let Some(every) = self.report_every else {
             return;
         };

@@ -373,6 +373,16 @@ impl<A> Ledger<A> {
             .sum()
     }
 
+    /// How long the longest-held outstanding checkout has been held as of
+    /// `now` (zero when none): one shard lock at a time, no copy.
+    pub(crate) fn oldest_hold(&self, now: Ticks) -> Duration {
+        self.shards
+            .iter()
+            .filter_map(|s| s.state.lock().oldest_acquired())
+            .min()
+            .map_or(Duration::ZERO, |acquired| acquired.until(now))
+    }
+
     /// Every outstanding checkout, longest held first; one shard lock at
     /// a time, sorted outside.
     pub(crate) fn holders(&self, now: Ticks) -> Vec<Holder> {

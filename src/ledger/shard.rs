@@ -554,6 +554,16 @@ impl ShardState {
         self.outstanding.len()
     }
 
+    /// When the longest-held outstanding checkout was acquired, if any: a
+    /// scan of the `acquired` column (free slots hold [`Ticks::NEVER`]).
+    pub(crate) fn oldest_acquired(&self) -> Option<Ticks> {
+        self.acquired
+            .iter()
+            .copied()
+            .min()
+            .filter(|t| *t != Ticks::NEVER)
+    }
+
     /// An acquire had to wait: it is pending until [`Self::wait_ended`].
     pub(crate) fn wait_started(
         &mut self,

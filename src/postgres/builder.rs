@@ -4,8 +4,7 @@
 //! connection's record to its pooled object, and the pool's ledger finds
 //! those records through the [`Directory`].
 
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use deadpool::managed::{Hook, HookError, Timeouts};
 use deadpool_postgres::{
@@ -22,6 +21,7 @@ use super::wire::statements::OwnQueries;
 use super::wire::WireSettings;
 use crate::config::{Statements, WatchConfig};
 use crate::errors::ConfigError;
+use crate::export::ConnectionMetrics;
 use crate::ledger::{ConnectionActivity, ConnectionDirectory, Ticks};
 use crate::shared::Shared;
 use crate::WatchedPool;
@@ -103,6 +103,53 @@ impl Options {
 }
 
 /// `<program>/<pool>`, at most 63 bytes (PostgreSQL's NAMEDATALEN - 1).
+/// A pool left with the default name is named as OpenTelemetry suggests
+/// for `db.client.connection.pool.name`: `server.address:server.port/db.namespace`
+/// (`db.example.com:5432/shop`; several hosts joined by `,`; a Unix socket
+/// by its directory). The database defaults to the user, as PostgreSQL's
+/// does; a config with neither keeps the default name.
+fn named_after_server(mut watch: WatchConfig, pg_config: &tokio_postgres::Config) -> WatchConfig {
+    if watch.pool_name != WatchConfig::DEFAULT_POOL_NAME {
+        return watch;
+    }
+    let Some(database) = pg_config.get_dbname().or(pg_config.get_user()) else {
+        return watch;
+    };
+    let ports = pg_config.get_ports();
+    let addresses: Vec<String> = pg_config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let addresses = if addresses.is_empty() {
+        // Only `hostaddr`s.
+        pg_config
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{ip}:{port}")
+            })
+            .collect()
+    } else {
+        addresses
+    };
+    if addresses.is_empty() {
+        return watch;
+    }
+    watch.pool_name = format!("{}/{database}", addresses.join(","));
+    watch
+}
+
 fn default_application_name(pool: &str) -> String {
     let program = std::env::current_exe()
         .ok()
@@ -173,6 +220,8 @@ pub struct PoolBuilder {
     builder: deadpool_postgres::PoolBuilder,
     claims: Arc<Claims>,
     directory: Arc<Directory>,
+    /// Where the connections record their metrics, set at `build`.
+    metrics: Arc<OnceLock<ConnectionMetrics>>,
     watch: WatchConfig,
     options: Options,
     /// Where and how the server view connects (the pool's own settings).
@@ -264,8 +313,13 @@ impl PoolBuilder {
     }
 
     /// Builds the watched pool.
-    pub fn build(self) -> Result<WatchedPool<Manager>, BuildError> {
+    pub fn build(mut self) -> Result<WatchedPool<Manager>, BuildError> {
+        self.watch = named_after_server(self.watch, &self.server.0);
         let shared = Shared::new(&self.watch);
+        // Before the pool exists, so before its first connection opens.
+        let _ = self
+            .metrics
+            .set(shared.observer.metrics.connection_metrics());
         let mut builder = self
             .builder
             .post_create(link::post_create(self.claims, Arc::clone(&self.directory)));
@@ -307,7 +361,12 @@ fn observed_manager<T>(
     pg_config: tokio_postgres::Config,
     tls: T,
     manager_config: ManagerConfig,
-) -> (Manager, Arc<Claims>, Arc<Directory>)
+) -> (
+    Manager,
+    Arc<Claims>,
+    Arc<Directory>,
+    Arc<OnceLock<ConnectionMetrics>>,
+)
 where
     T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
     T::Stream: Sync + Send,
@@ -316,15 +375,18 @@ where
 {
     let claims = Arc::new(Claims::default());
     let directory = Arc::new(Directory::default());
+    let metrics = Arc::new(OnceLock::new());
     let settings = WireSettings {
         own_queries: OwnQueries::for_recycling(&manager_config.recycling_method),
         quiet: false,
+        metrics: Arc::clone(&metrics),
     };
     let connect = WatchedConnect::new(tls, Arc::clone(&claims), settings);
     (
         Manager::from_connect(pg_config, connect, manager_config),
         claims,
         directory,
+        metrics,
     )
 }
 
@@ -398,6 +460,7 @@ impl WatchedPool<Manager> {
         let mut pg_config = config
             .get_pg_config()
             .map_err(deadpool_postgres::CreatePoolError::Config)?;
+        let watch = named_after_server(watch, &pg_config);
         if options.application_name && pg_config.get_application_name().is_none() {
             pg_config.application_name(default_application_name(&watch.pool_name));
         }
@@ -444,11 +507,13 @@ impl WatchedPool<Manager> {
             pg_config.clone(),
             Arc::new(WatchedConnect::side(tls.clone())),
         );
-        let (manager, claims, directory) = observed_manager(pg_config, tls, manager_config);
+        let (manager, claims, directory, metrics) =
+            observed_manager(pg_config, tls, manager_config);
         PoolBuilder {
             builder: deadpool_postgres::Pool::builder(manager),
             claims,
             directory,
+            metrics,
             watch: WatchConfig::default(),
             options: Options::default(),
             server,
@@ -526,16 +591,6 @@ where
     T::TlsConnect: Sync + Send,
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
-    let mut watch = WatchConfig::builder();
-    let from_url = || {
-        let url = config.url.as_deref()?;
-        let parsed = tokio_postgres::Config::from_str(url).ok()?;
-        parsed.get_dbname().map(str::to_owned)
-    };
-    let dbname = config.dbname.clone().or_else(from_url);
-    if let Some(dbname) = dbname.as_deref().filter(|d| !d.trim().is_empty()) {
-        watch = watch.pool_name(dbname);
-    }
-    let watch = watch.with_env()?.build()?;
+    let watch = WatchConfig::builder().with_env()?.build()?;
     Ok(WatchedPool::from_config(config, runtime, tls, watch)?)
 }

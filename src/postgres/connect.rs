@@ -131,7 +131,11 @@ where
         let tls = self.tls.clone();
         let pg_config = pg_config.clone();
         Box::pin(async move {
+            let started = Ticks::now();
             let opened = connect(tls, &pg_config, &self.settings).await?;
+            if let Some(metrics) = self.settings.metrics.get() {
+                metrics.connected(started.until(Ticks::now()));
+            }
             if let (Some(claims), Some(activity)) = (&self.claims, opened.activity) {
                 claims.offer(activity);
             }

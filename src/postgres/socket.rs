@@ -3,6 +3,7 @@
 //! writes the connection's [`ConnectionActivity`]; [`Socket`] is the TCP or
 //! Unix stream a connection starts on, observed.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -15,7 +16,8 @@ use tokio::net::TcpStream;
 use tokio::net::UnixStream;
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
-use super::wire::{Events, Outcome, Protocol, WireSettings};
+use super::wire::{Events, Outcome, Protocol, WireSettings, MAX_PENDING};
+use crate::export::{operation_name, ConnectionMetrics};
 use crate::ledger::connection::{ActivityWriter, ConnectionActivity, TransactionState};
 use crate::ledger::Ticks;
 
@@ -31,9 +33,46 @@ enum Mode {
     Lost,
 }
 
+/// One reported request on its way: when it went out, what it runs, how
+/// it failed. Kept only while the pool records metrics.
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    sent: Ticks,
+    operation: Option<&'static str>,
+    named: bool,
+    failed: Option<[u8; 5]>,
+    /// Prepares a statement the connection's next call runs.
+    prepare_only: bool,
+}
+
+/// The calls in flight on a connection, in protocol order, and where
+/// their durations go (`db.client.operation.duration`).
+struct Calls {
+    metrics: ConnectionMetrics,
+    pending: VecDeque<Call>,
+    /// When an answered prepare-only request went out: the call that runs
+    /// the statement started then (tokio-postgres's `query(&str, ..)` is a
+    /// prepare and an execute, one operation to its caller).
+    prepared_since: Option<Ticks>,
+}
+
+impl Calls {
+    /// Calls are followed only for a pool's connection, and only when
+    /// there is a recorder to hear of them.
+    fn for_settings(settings: &WireSettings) -> Option<Calls> {
+        let metrics = settings.metrics.get()?;
+        metrics.enabled().then(|| Calls {
+            metrics: metrics.clone(),
+            pending: VecDeque::new(),
+            prepared_since: None,
+        })
+    }
+}
+
 /// Follows one stream's bytes and writes the connection's activity.
 pub(crate) struct Observer {
     activity: Arc<ConnectionActivity>,
+    calls: Option<Calls>,
     settings: Arc<WireSettings>,
     own_once: Option<&'static str>,
     mode: Mode,
@@ -58,13 +97,15 @@ impl fmt::Debug for Observer {
 struct Batch<'a> {
     activity: &'a ConnectionActivity,
     writer: Option<(ActivityWriter<'a>, Ticks)>,
+    calls: Option<&'a mut Calls>,
 }
 
 impl<'a> Batch<'a> {
-    fn new(activity: &'a ConnectionActivity) -> Self {
+    fn new(activity: &'a ConnectionActivity, calls: Option<&'a mut Calls>) -> Self {
         Self {
             activity,
             writer: None,
+            calls,
         }
     }
 
@@ -80,20 +121,73 @@ impl Events for Batch<'_> {
     fn request_sent(&mut self) {
         let (writer, now) = self.writer();
         writer.request_sent(now);
+        if let Some(calls) = self.calls.as_deref_mut() {
+            // The wire layer bounds its requests by MAX_PENDING; so does
+            // this (an unmatched answer then records nothing).
+            if calls.pending.len() < MAX_PENDING {
+                calls.pending.push_back(Call {
+                    sent: calls.prepared_since.take().unwrap_or(now),
+                    operation: None,
+                    named: false,
+                    failed: None,
+                    prepare_only: false,
+                });
+            }
+        }
     }
 
     fn statement(&mut self, text: &Arc<str>) {
         self.writer().0.statement(text.clone());
+        if let Some(call) = self.calls.as_deref_mut().and_then(|c| c.pending.back_mut()) {
+            // The statement event follows its request's.
+            if !call.named {
+                call.named = true;
+                call.operation = operation_name(text);
+            }
+        }
     }
 
     fn request_withdrawn(&mut self) {
         let (writer, now) = self.writer();
         writer.request_withdrawn(now);
+        // A `Sync` sent during `COPY FROM STDIN`: the newest request.
+        if let Some(calls) = self.calls.as_deref_mut() {
+            calls.pending.pop_back();
+        }
     }
 
     fn ready(&mut self, state: TransactionState) {
         let (writer, now) = self.writer();
         writer.ready(now, state);
+        if let Some(calls) = self.calls.as_deref_mut() {
+            if let Some(call) = calls.pending.pop_front() {
+                if call.prepare_only && call.failed.is_none() {
+                    calls.prepared_since = Some(call.sent);
+                } else {
+                    let took = call.sent.until(now);
+                    calls.metrics.operation(took, call.operation, call.failed);
+                }
+            }
+            if calls.pending.is_empty() && calls.pending.capacity() > 64 {
+                calls.pending.shrink_to(64);
+            }
+        }
+    }
+
+    fn prepare_only(&mut self) {
+        if let Some(call) = self.calls.as_deref_mut().and_then(|c| c.pending.back_mut()) {
+            call.prepare_only = true;
+        }
+    }
+
+    fn call_failed(&mut self, sqlstate: [u8; 5]) {
+        if let Some(call) = self
+            .calls
+            .as_deref_mut()
+            .and_then(|c| c.pending.front_mut())
+        {
+            call.failed = Some(sqlstate);
+        }
     }
 
     fn transaction_reported(&mut self, state: TransactionState) {
@@ -124,6 +218,7 @@ impl Observer {
         let mode = Mode::Parsing(Box::new(Protocol::new(&settings, own_once)));
         Self {
             activity,
+            calls: Calls::for_settings(&settings),
             settings,
             own_once,
             mode,
@@ -146,6 +241,7 @@ impl Observer {
         }
         Observer {
             activity: self.activity.clone(),
+            calls: Calls::for_settings(&self.settings),
             settings: self.settings.clone(),
             own_once: self.own_once,
             mode,
@@ -157,7 +253,7 @@ impl Observer {
         let Mode::Parsing(protocol) = &mut self.mode else {
             return;
         };
-        let mut batch = Batch::new(&self.activity);
+        let mut batch = Batch::new(&self.activity, self.calls.as_mut());
         let outcome = match flow {
             Flow::Written => protocol.written(bytes, &mut batch),
             Flow::Read => protocol.read(bytes, &mut batch),

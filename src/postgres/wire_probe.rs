@@ -34,6 +34,7 @@ impl Watch {
             settings: WireSettings {
                 own_queries: OwnQueries::for_recycling(recycling),
                 quiet: false,
+                metrics: Arc::default(),
             },
         }
     }

@@ -21,6 +21,11 @@ use postgres_protocol::message::backend::Header;
 /// "unreadable" rather than buffered.
 pub(crate) const NAME_LIMIT: usize = 256;
 
+/// How much of an `ErrorResponse` is kept: enough for its severity fields
+/// and the SQLSTATE that follows them (`SERROR\0VERROR\0C23505\0` is 21
+/// bytes; localized severities can be longer).
+pub(crate) const ERROR_PREFIX: usize = 64;
+
 /// `SSLRequest`'s request code.
 pub(crate) const SSL_REQUEST_CODE: u32 = 80_877_103;
 /// `GSSENCRequest`'s request code.
@@ -349,6 +354,9 @@ impl Framer {
             // The transaction status byte; the backend pid.
             (Direction::Backend, Kind::Typed(b'Z')) => 1,
             (Direction::Backend, Kind::Typed(b'K')) => 4,
+            // The fields before the SQLSTATE (severity twice); never the
+            // message, detail or hint, which can quote the data.
+            (Direction::Backend, Kind::Typed(b'E')) => ERROR_PREFIX,
             _ => 0,
         }
     }

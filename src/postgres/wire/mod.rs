@@ -33,11 +33,12 @@ pub(crate) mod framing;
 pub(crate) mod statements;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use framing::{Desync, Frame, Framer, KeepRules, Kind, NAME_LIMIT};
 use statements::{OwnQueries, PreparedStatements, STATEMENT_TEXT_LIMIT};
 
+use crate::export::ConnectionMetrics;
 use crate::ledger::connection::TransactionState;
 
 /// Unanswered requests followed per connection, at most (tokio-postgres
@@ -60,6 +61,12 @@ pub(crate) trait Events {
     fn transaction_reported(&mut self, state: TransactionState);
     /// The connection's backend process id.
     fn backend_pid(&mut self, pid: i32);
+    /// The oldest reported request failed with this SQLSTATE (its "ready"
+    /// follows).
+    fn call_failed(&mut self, _sqlstate: [u8; 5]) {}
+    /// The request just sent prepares a statement and runs nothing (the
+    /// first round trip of tokio-postgres's `query(&str, ..)`).
+    fn prepare_only(&mut self) {}
 }
 
 /// How a batch ended for the observer.
@@ -82,6 +89,10 @@ pub(crate) struct WireSettings {
     /// A connection outside the pool (the server view's), whose failures
     /// its user reports: no `Connection error` warning of its own.
     pub(crate) quiet: bool,
+    /// Where the pool's connections record their create time and calls;
+    /// set when the pool is built, which is before any connection opens
+    /// (unset: a connection outside the pool, which records nothing).
+    pub(crate) metrics: Arc<OnceLock<ConnectionMetrics>>,
 }
 
 /// Who answers a pending request's "ready".
@@ -131,6 +142,8 @@ struct Group {
     work: bool,
     /// A `Close` was sent.
     closed: bool,
+    /// An `Execute` was sent: not just a statement being prepared.
+    executed: bool,
 }
 
 /// The session state between the two directions.
@@ -244,6 +257,26 @@ enum Step {
 }
 
 /// The bytes up to the first NUL, and the rest after it.
+/// The SQLSTATE (`C` field) of an `ErrorResponse`'s kept prefix: five
+/// digits or capital letters, else `None`.
+fn sqlstate(mut fields: &[u8]) -> Option<[u8; 5]> {
+    while let Some((&field, rest)) = fields.split_first() {
+        if field == 0 {
+            return None; // the end of the fields
+        }
+        let (value, rest) = c_string(rest)?;
+        if field == b'C' {
+            let code: [u8; 5] = value.try_into().ok()?;
+            let valid = code
+                .iter()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+            return valid.then_some(code);
+        }
+        fields = rest;
+    }
+    None
+}
+
 fn c_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = bytes.iter().position(|&b| b == 0)?;
     Some((&bytes[..end], &bytes[end + 1..]))
@@ -275,6 +308,9 @@ impl Session {
         }
         if matches!(tag, b'P' | b'B' | b'D' | b'E') {
             self.group.work = true;
+        }
+        if tag == b'E' {
+            self.group.executed = true;
         }
         match tag {
             b'Q' => self.query(frame, events)?,
@@ -452,6 +488,9 @@ impl Session {
             if let Some(statement) = &group.statement {
                 events.statement(statement);
             }
+            if !group.executed {
+                events.prepare_only();
+            }
         }
         Ok(())
     }
@@ -511,6 +550,13 @@ impl Session {
                 // An error ends COPY FROM STDIN on the server's side: the
                 // next Sync is read again.
                 self.copy_open = false;
+                let reported = self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.answer == Answer::Reported);
+                if let (true, Some(code)) = (reported, sqlstate(frame.prefix)) {
+                    events.call_failed(code);
+                }
             }
             _ => {}
         }

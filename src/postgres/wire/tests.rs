@@ -396,6 +396,7 @@ fn own_queries_and_their_answers_are_not_reported_even_pipelined() {
     let settings = Arc::new(WireSettings {
         own_queries: OwnQueries::new(["DISCARD ALL"]),
         quiet: false,
+        metrics: Arc::default(),
     });
     let mut steps = connected();
     steps.extend([
@@ -660,4 +661,18 @@ fn too_many_pending_requests_stop_observation() {
         protocol.written(&many, &mut recorder),
         Outcome::Lost("too many requests unanswered")
     ));
+}
+
+#[test]
+fn sqlstate_is_read_from_the_error_fields_only() {
+    assert_eq!(
+        super::sqlstate(b"SERROR\0VERROR\0C23505\0Mduplicate key value\0\0"),
+        Some(*b"23505")
+    );
+    // Cut before the code (the kept prefix is bounded): none.
+    assert_eq!(super::sqlstate(b"SERROR\0VERROR\0C235"), None);
+    // Not five digits or capitals: none.
+    assert_eq!(super::sqlstate(b"SERROR\0Cab'x!\0\0"), None);
+    assert_eq!(super::sqlstate(b"SERROR\0\0"), None);
+    assert_eq!(super::sqlstate(b""), None);
 }
