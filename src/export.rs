@@ -619,13 +619,16 @@ mod real {
     /// most; past that a failure is labelled `_OTHER` (semconv's fallback).
     const FAILED_SERIES: usize = 256;
 
+    /// A failed call's series: its operation name and SQLSTATE.
+    type FailedSeries = (Option<&'static str>, [u8; 5]);
+
     /// The per-call histograms of one pool, registered on first use (a
     /// pool that never runs `MERGE` renders no `MERGE` series).
     pub(crate) struct OperationMetrics {
         pool_name: String,
         /// By position in [`OPERATION_NAMES`]; the last: no name.
         succeeded: [OnceLock<Histogram>; OPERATION_NAMES.len() + 1],
-        failed: Mutex<HashMap<(Option<&'static str>, [u8; 5]), Histogram>>,
+        failed: Mutex<HashMap<FailedSeries, Histogram>>,
         failed_other: OnceLock<Histogram>,
     }
 
