@@ -919,11 +919,9 @@ fn metric_names_used_is_exactly_this_set() {
 }
 
 // ---------------------------------------------------------------------------
-// A reader for the YAML the rules file is written in (no YAML crate among
-// the dev-dependencies): block mappings and sequences, plain, quoted,
-// literal (`|`) and folded (`>`) scalars, comments. Anything else (flow
-// collections, anchors, tabs) is an error, never a guess; promtool checks
-// the same file and `promtool_check_rules` compares the rule counts.
+// The rules file read with yaml-rust2 (a maintained YAML 1.2 parser), as
+// plain nodes; promtool checks the same file and `promtool_check_rules`
+// compares the rule counts.
 
 #[derive(Debug, Clone, PartialEq)]
 enum Yaml {
@@ -953,282 +951,104 @@ impl Yaml {
             other => panic!("expected a sequence, got {other:?}"),
         }
     }
+
+    fn from_node(node: &yaml_rust2::Yaml) -> Result<Yaml, String> {
+        use yaml_rust2::Yaml as Y;
+        Ok(match node {
+            Y::String(s) | Y::Real(s) => Yaml::Scalar(s.clone()),
+            Y::Integer(i) => Yaml::Scalar(i.to_string()),
+            Y::Boolean(b) => Yaml::Scalar(b.to_string()),
+            Y::Null => Yaml::Scalar(String::new()),
+            Y::Array(items) => Yaml::Seq(
+                items
+                    .iter()
+                    .map(Yaml::from_node)
+                    .collect::<Result<_, _>>()?,
+            ),
+            Y::Hash(entries) => Yaml::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| match k {
+                        Y::String(k) => Ok((k.clone(), Yaml::from_node(v)?)),
+                        other => Err(format!("a key that is not a string: {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => return Err(format!("unexpected YAML node {other:?}")),
+        })
+    }
 }
 
 fn parse_yaml(text: &str) -> Result<Yaml, String> {
-    let mut parser = YamlParser {
-        lines: text.lines().map(str::to_owned).collect(),
-        pos: 0,
-    };
-    if let Some(line) = parser.lines.iter().position(|l| l.contains('\t')) {
-        return Err(format!("line {}: tab", line + 1));
-    }
-    let doc = parser.node()?;
-    parser.skip_blank();
-    match parser.lines.get(parser.pos) {
-        Some(line) => Err(format!("line {}: unexpected {line:?}", parser.pos + 1)),
-        None => Ok(doc),
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| e.to_string())?;
+    match docs.as_slice() {
+        [doc] => Yaml::from_node(doc),
+        docs => Err(format!("{} YAML documents, expected one", docs.len())),
     }
 }
 
-struct YamlParser {
-    lines: Vec<String>,
-    pos: usize,
-}
+// ---------------------------------------------------------------------------
+// Against the example service's live `/metrics`.
 
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start_matches(' ').len()
-}
+/// The example service's router, recorder and pool (`examples/service/`).
+#[cfg(all(feature = "postgres", feature = "metrics", feature = "serde"))]
+#[path = "../examples/service/app.rs"]
+#[allow(dead_code)]
+mod app;
 
-fn is_blank(line: &str) -> bool {
-    let t = line.trim();
-    t.is_empty() || t.starts_with('#')
-}
+#[cfg(all(feature = "postgres", feature = "metrics", feature = "serde"))]
+mod support;
 
-impl YamlParser {
-    fn skip_blank(&mut self) {
-        while self.lines.get(self.pos).is_some_and(|l| is_blank(l)) {
-            self.pos += 1;
-        }
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("line {}: {what}", self.pos + 1))
-    }
-
-    /// The node starting at the next non-blank line.
-    fn node(&mut self) -> Result<Yaml, String> {
-        self.skip_blank();
-        let Some(line) = self.lines.get(self.pos) else {
-            return Ok(Yaml::Scalar(String::new()));
-        };
-        let indent = indent_of(line);
-        let body = line.trim_start();
-        if body == "-" || body.starts_with("- ") {
-            self.seq(indent)
-        } else {
-            self.map(indent)
-        }
-    }
-
-    fn seq(&mut self, indent: usize) -> Result<Yaml, String> {
-        let mut items = Vec::new();
-        loop {
-            self.skip_blank();
-            let Some(line) = self.lines.get(self.pos) else {
-                break;
-            };
-            let body = line.trim_start();
-            if indent_of(line) != indent || !(body == "-" || body.starts_with("- ")) {
-                break;
-            }
-            let rest = body[1..].trim_start().to_owned();
-            if rest.is_empty() {
-                self.pos += 1;
-                items.push(self.node()?);
-            } else if key_value(&rest).is_some() {
-                // `- key: value`: a mapping whose first key sits after the dash.
-                let column = line.len() - rest.len();
-                self.lines[self.pos] = format!("{}{rest}", " ".repeat(column));
-                items.push(self.map(column)?);
-            } else {
-                self.pos += 1;
-                items.push(Yaml::Scalar(self.inline_scalar(&rest)?));
-            }
-        }
-        Ok(Yaml::Seq(items))
-    }
-
-    fn map(&mut self, indent: usize) -> Result<Yaml, String> {
-        let mut entries: Vec<(String, Yaml)> = Vec::new();
-        loop {
-            self.skip_blank();
-            let Some(line) = self.lines.get(self.pos).cloned() else {
-                break;
-            };
-            let line_indent = indent_of(&line);
-            if line_indent < indent {
-                break;
-            }
-            if line_indent > indent {
-                return self.err("unexpected indentation");
-            }
-            let body = line.trim_start();
-            if body.starts_with("- ") {
-                break;
-            }
-            let Some((key, value)) = key_value(body) else {
-                return self.err(&format!("expected `key: value`, got {body:?}"));
-            };
-            if entries.iter().any(|(k, _)| k == key) {
-                return self.err(&format!("duplicate key {key}"));
-            }
-            self.pos += 1;
-            let value = value.trim();
-            let node = if value.is_empty() || value.starts_with('#') {
-                self.skip_blank();
-                match self.lines.get(self.pos) {
-                    Some(next) if indent_of(next) > indent => self.node()?,
-                    _ => Yaml::Scalar(String::new()),
-                }
-            } else if value.starts_with('|') || value.starts_with('>') {
-                Yaml::Scalar(self.block_scalar(indent, value)?)
-            } else {
-                Yaml::Scalar(self.inline_scalar(value)?)
-            };
-            entries.push((key.to_owned(), node));
-        }
-        Ok(Yaml::Map(entries))
-    }
-
-    /// A `|` or `>` scalar (with `-`, `+` or no chomping indicator) whose
-    /// lines are indented deeper than its key.
-    fn block_scalar(&mut self, key_indent: usize, header: &str) -> Result<String, String> {
-        let header = header.split(" #").next().unwrap_or_default().trim();
-        let (folded, chomp) = match header {
-            "|" => (false, ""),
-            "|-" => (false, "-"),
-            "|+" => (false, "+"),
-            ">" => (true, ""),
-            ">-" => (true, "-"),
-            ">+" => (true, "+"),
-            other => return self.err(&format!("unsupported block scalar header {other:?}")),
-        };
-        let mut raw = Vec::new();
-        while let Some(line) = self.lines.get(self.pos) {
-            if !line.trim().is_empty() && indent_of(line) <= key_indent {
-                break;
-            }
-            raw.push(line.clone());
-            self.pos += 1;
-        }
-        let content_indent = raw
-            .iter()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| indent_of(l))
-            .unwrap_or(key_indent + 1);
-        let lines: Vec<&str> = raw
-            .iter()
-            .map(|l| {
-                if l.trim().is_empty() {
-                    ""
-                } else {
-                    &l[content_indent.min(indent_of(l))..]
-                }
-            })
-            .collect();
-        let body_end = lines
-            .iter()
-            .rposition(|l| !l.is_empty())
-            .map_or(0, |i| i + 1);
-        let mut text = String::new();
-        for (i, line) in lines[..body_end].iter().enumerate() {
-            if i > 0 {
-                let joined_by_space = folded
-                    && !line.is_empty()
-                    && !lines[i - 1].is_empty()
-                    && !line.starts_with(' ')
-                    && !lines[i - 1].starts_with(' ');
-                if joined_by_space {
-                    text.push(' ');
-                } else if !(folded && line.is_empty() && !lines[i - 1].is_empty()) {
-                    text.push('\n');
-                }
-            }
-            text.push_str(line);
-        }
-        match chomp {
-            "-" => {}
-            "+" => {
-                text.push('\n');
-                text.push_str(&"\n".repeat(lines.len() - body_end));
-            }
-            _ if body_end > 0 => text.push('\n'),
-            _ => {}
-        }
-        Ok(text)
-    }
-
-    /// A scalar on the key's line: quoted, or plain (up to a ` #` comment).
-    fn inline_scalar(&self, value: &str) -> Result<String, String> {
-        let first = value.chars().next().unwrap_or(' ');
-        match first {
-            '"' => {
-                let chars: Vec<char> = value.chars().collect();
-                let (text, end) = string_at(&chars, 0);
-                let rest: String = chars[end..].iter().collect();
-                if !(rest.trim().is_empty() || rest.trim_start().starts_with('#')) {
-                    return self.err(&format!("text after a quoted scalar: {rest:?}"));
-                }
-                Ok(text)
-            }
-            '\'' => {
-                let inner = &value[1..];
-                let mut text = String::new();
-                let mut chars = inner.chars().peekable();
-                while let Some(c) = chars.next() {
-                    if c == '\'' {
-                        if chars.peek() == Some(&'\'') {
-                            chars.next();
-                            text.push('\'');
-                            continue;
-                        }
-                        return Ok(text);
-                    }
-                    text.push(c);
-                }
-                self.err("unterminated single-quoted scalar")
-            }
-            '[' | '{' | '&' | '*' | '!' | '@' | '`' => {
-                self.err(&format!("unsupported YAML construct {value:?}"))
-            }
-            _ => Ok(value
-                .split(" #")
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned()),
-        }
-    }
-}
-
-/// `key: value` (or `key:`) with a plain key.
-fn key_value(body: &str) -> Option<(&str, &str)> {
-    let (key, value) = match body.find(": ") {
-        Some(at) => (&body[..at], &body[at + 2..]),
-        None => (body.strip_suffix(':')?, ""),
-    };
-    let plain = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    plain.then_some((key, value))
+/// The metric names in a Prometheus text exposition (each sample line's
+/// name, before its labels or value).
+fn exported_names(exposition: &str) -> BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
-fn yaml_reader_reads_what_the_rules_file_uses() {
-    let doc = parse_yaml(
-        "# comment\ngroups:\n  - name: g # trailing\n    rules:\n      - record: a:b:c\n        expr: |\n          x\n          # not a comment\n          y\n      - alert: A\n        expr: up == 0\n        for: 5m\n        labels:\n          severity: 'it''s'\n        annotations:\n          summary: \"q \\\" d\"\n          description: >-\n            one\n            two\n\n            three\n  - name: h\n    rules:\n",
-    )
+fn exported_names_reads_sample_lines_only() {
+    let text = "# HELP a_total x\n# TYPE a_total counter\na_total{l=\"v w\"} 1\nb_seconds_bucket{le=\"0.1\"} 2\nc 3\n\n";
+    assert_eq!(
+        exported_names(text),
+        set(&["a_total", "b_seconds_bucket", "c"])
+    );
+}
+
+/// Every metric the rules and the dashboard read is in what the example
+/// service serves at `/metrics` after a little traffic, so a rename in
+/// `poolwatch::export` cannot leave `deploy/` reading series that no
+/// longer exist.
+#[cfg(all(feature = "postgres", feature = "metrics", feature = "serde"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_rules_and_dashboard_use_is_exported() {
+    let prometheus = app::install_metrics().expect("the recorder installs");
+    let pg_config = support::pg::pg_config().unwrap_or_else(|e| panic!("no test database: {e}"));
+    let pool = app::pool(pg_config).expect("the service's pool builds");
+    app::migrate(&pool).await.expect("the service's table");
+    let router = app::router(app::App {
+        pool: pool.clone(),
+        prometheus,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let metrics = tokio::task::spawn_blocking(move || {
+        app::exercise(addr).expect("the service answers");
+        app::http(addr, "GET", "/metrics").expect("/metrics answers")
+    })
+    .await
     .unwrap();
-    let groups = doc.get("groups").unwrap().as_seq();
-    assert_eq!(groups.len(), 2);
-    assert_eq!(groups[0].get("name").unwrap().as_str(), "g");
-    let rules = groups[0].get("rules").unwrap().as_seq();
-    assert_eq!(
-        rules[0].get("expr").unwrap().as_str(),
-        "x\n# not a comment\ny\n"
+    assert_eq!(metrics.0, 200);
+    let exported = exported_names(&metrics.1);
+    let used = metric_names_used();
+    let missing: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/ reads metrics the example service does not export: {missing:?}\nexported: {exported:#?}"
     );
-    assert_eq!(rules[1].get("for").unwrap().as_str(), "5m");
-    let labels = rules[1].get("labels").unwrap();
-    assert_eq!(labels.get("severity").unwrap().as_str(), "it's");
-    let annotations = rules[1].get("annotations").unwrap();
-    assert_eq!(annotations.get("summary").unwrap().as_str(), "q \" d");
-    assert_eq!(
-        annotations.get("description").unwrap().as_str(),
-        "one two\nthree"
-    );
-    assert_eq!(groups[1].get("rules").unwrap().as_str(), "");
-    assert!(parse_yaml("a: [1, 2]\n").is_err());
-    assert!(parse_yaml("a: 1\n   b: 2\n").is_err());
 }
