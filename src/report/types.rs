@@ -6,8 +6,6 @@ use std::time::Duration;
 use crate::snapshot::{PoolStatus, SiteSnapshot, SpanSnapshot};
 use crate::timeline::PressureSample;
 
-use super::svg;
-
 /// Busy share of the hold; unknown (`None`) when no database call was
 /// observed.
 fn ratio(part: Duration, whole: Duration, observed: bool) -> Option<f64> {
@@ -91,7 +89,7 @@ pub struct Report {
 }
 
 /// The pressure timeline's connection time by call site: what
-/// the timeline picture stacks.
+/// [`Report::timeline_svg`] stacks.
 ///
 /// Each tick keeps its busiest call sites (at most 8, by connection time)
 /// and the rest of its connection time as one sum, so a tick's shares and
@@ -588,11 +586,5 @@ impl Report {
     /// The verdict kinds now, in order.
     pub fn kinds(&self) -> Vec<VerdictKind> {
         self.verdicts.iter().map(|v| v.kind).collect()
-    }
-
-    /// The pressure timeline as a self-contained SVG picture: connections in
-    /// use, idle and waiting over time, against the pool's maximum size.
-    pub fn timeline_svg(&self) -> String {
-        svg::timeline(&self.pool, &self.timeline)
     }
 }
