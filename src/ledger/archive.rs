@@ -11,6 +11,10 @@
 //!   tick; closing a tick classifies it as saturated (callers waited, or
 //!   every connection was in use) or not, and files its usage under the
 //!   generation's all-time and saturated-time attribution.
+//! * **Timeline.** Each closed tick's pool-wide record, and its busiest
+//!   call sites ([`SITES_PER_TICK`] at most, by connection time) with the
+//!   remainder in one sum: what the timeline picture stacks, in memory
+//!   bounded by the timeline's capacity.
 //! * **Episodes.** Runs of saturated ticks, each with its own attribution
 //!   and counts, so each gets its own verdict.
 //! * **Lifetime.** Plain counts since the pool was wrapped.
@@ -30,6 +34,11 @@ use crate::site::CallSite;
 /// library's statement names): foldhash rather than SipHash (a `CallSite`
 /// hashes its file name; a snapshot hashes thousands).
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Call sites kept per timeline tick (its busiest, by connection time); the
+/// rest of the tick's connection time is kept as one sum. Bounds the
+/// breakdown to this many [`SiteHeld`]s (40 bytes each) per tick.
+pub(crate) const SITES_PER_TICK: usize = 8;
 
 /// Episodes kept (the oldest go first).
 const EPISODES_KEPT: usize = 16;
@@ -91,6 +100,19 @@ pub(crate) struct TickRecord {
     pub(crate) checkouts: u64,
     pub(crate) usage: Usage,
     pub(crate) saturated: bool,
+    /// How many of the tick's busiest sites the archive keeps for it (at
+    /// most [`SITES_PER_TICK`]), in its timeline's site ring.
+    pub(crate) top_sites: u8,
+    /// Connection time of the tick's other sites: `usage.held` less that of
+    /// the kept ones.
+    pub(crate) other_sites_held: Duration,
+}
+
+/// One call site's connection time in one timeline tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SiteHeld {
+    pub(crate) site: CallSite,
+    pub(crate) held: Duration,
 }
 
 /// A run of saturated ticks.
@@ -143,6 +165,10 @@ pub(crate) struct Archive {
     span_summaries: HashMap<Option<&'static str>, (SummaryStamp, DistSummary)>,
     open: OpenTick,
     timeline: VecDeque<TickRecord>,
+    /// The timeline's busiest sites, tick after tick: each record's
+    /// `top_sites` entries, in the records' order (so the oldest record's
+    /// are at the front).
+    timeline_sites: VecDeque<SiteHeld>,
     timeline_capacity: usize,
     current_episode: Option<Episode>,
     episodes: VecDeque<Episode>,
@@ -171,8 +197,23 @@ pub(crate) struct ArchiveView {
     /// Since the last episode ended, closed ticks only.
     pub(crate) calm: Option<Calm>,
     pub(crate) timeline: Vec<TickRecord>,
+    /// Each record's busiest sites, busiest first, in the records' order
+    /// (see [`ArchiveView::timeline_with_sites`]).
+    pub(crate) timeline_sites: Vec<SiteHeld>,
     pub(crate) episodes: Vec<Episode>,
     pub(crate) created: Ticks,
+}
+
+impl ArchiveView {
+    /// Each timeline record with its busiest sites, oldest first.
+    pub(crate) fn timeline_with_sites(&self) -> impl Iterator<Item = (&TickRecord, &[SiteHeld])> {
+        let mut rest: &[SiteHeld] = &self.timeline_sites;
+        self.timeline.iter().map(move |record| {
+            let (sites, after) = rest.split_at(usize::from(record.top_sites).min(rest.len()));
+            rest = after;
+            (record, sites)
+        })
+    }
 }
 
 impl Archive {
@@ -197,6 +238,7 @@ impl Archive {
                 pairs: HashMap::default(),
             },
             timeline: VecDeque::with_capacity(timeline_capacity.min(1024)),
+            timeline_sites: VecDeque::new(),
             timeline_capacity,
             current_episode: None,
             episodes: VecDeque::new(),
@@ -315,7 +357,7 @@ impl Archive {
                 .usage
                 .merge(pair_usage);
         }
-        let record = TickRecord {
+        let mut record = TickRecord {
             started: open.started,
             ended: now,
             in_use: status.in_use,
@@ -326,11 +368,21 @@ impl Archive {
             checkouts,
             usage,
             saturated,
+            top_sites: 0,
+            other_sites_held: Duration::ZERO,
         };
         if self.timeline_capacity > 0 {
             if self.timeline.len() == self.timeline_capacity {
-                self.timeline.pop_front();
+                if let Some(oldest) = self.timeline.pop_front() {
+                    let kept = usize::from(oldest.top_sites).min(self.timeline_sites.len());
+                    self.timeline_sites.drain(..kept);
+                }
             }
+            let top = busiest_sites(&open.pairs);
+            let kept: Duration = top.iter().map(|s| s.held).sum();
+            record.top_sites = top.len() as u8;
+            record.other_sites_held = usage.held.saturating_sub(kept);
+            self.timeline_sites.extend(top);
             self.timeline.push_back(record);
         }
         self.follow_episode(&record, open.pairs, tick);
@@ -414,10 +466,40 @@ impl Archive {
             open: self.open.pairs.clone(),
             calm: self.calm.clone(),
             timeline: self.timeline.iter().copied().collect(),
+            timeline_sites: self.timeline_sites.iter().copied().collect(),
             episodes,
             created: self.created,
         }
     }
+}
+
+/// A tick's busiest sites (spans added up), at most [`SITES_PER_TICK`],
+/// busiest first; sites that held no connection are left out.
+fn busiest_sites(pairs: &HashMap<StatsKey, (Counts, Usage)>) -> Vec<SiteHeld> {
+    let mut held: Vec<SiteHeld> = pairs
+        .iter()
+        .filter(|(_, (_, usage))| !usage.held.is_zero())
+        .map(|(key, (_, usage))| SiteHeld {
+            site: key.site,
+            held: usage.held,
+        })
+        .collect();
+    // One entry per site: its spans' entries are adjacent once sorted.
+    held.sort_unstable_by_key(|s| s.site);
+    let mut by_site: Vec<SiteHeld> = Vec::with_capacity(held.len());
+    for entry in held {
+        match by_site.last_mut() {
+            Some(last) if last.site == entry.site => last.held += entry.held,
+            _ => by_site.push(entry),
+        }
+    }
+    let order = |a: &SiteHeld, b: &SiteHeld| b.held.cmp(&a.held).then(a.site.cmp(&b.site));
+    if by_site.len() > SITES_PER_TICK {
+        by_site.select_nth_unstable_by(SITES_PER_TICK - 1, order);
+        by_site.truncate(SITES_PER_TICK);
+    }
+    by_site.sort_unstable_by(order);
+    by_site
 }
 
 fn merge_pairs(
@@ -616,6 +698,103 @@ mod tests {
             deltas: vec![delta],
             touched: vec![0],
         }
+    }
+
+    /// One drain with a delta per `(line, span, held)`.
+    fn drained_sites(at: Ticks, holds: &[(u32, Option<&'static str>, Duration)]) -> Drained {
+        let deltas: Vec<SiteDelta> = holds
+            .iter()
+            .map(|&(line, span, held)| {
+                let mut delta = SiteDelta::new(StatsKey { span, ..key(line) });
+                delta.record_checkout(Duration::ZERO);
+                delta.usage.add_hold(held, None);
+                delta.touched = true;
+                delta
+            })
+            .collect();
+        Drained {
+            at,
+            touched: (0..deltas.len() as u32).collect(),
+            deltas,
+        }
+    }
+
+    #[test]
+    fn a_tick_keeps_its_busiest_sites_and_sums_the_rest() {
+        Ticks::init();
+        let start = Instant::now();
+        let at = |ms: u64| Ticks::of(start + Duration::from_millis(ms));
+        let ms = Duration::from_millis;
+        let mut archive = Archive::new(at(0), 1, Duration::from_secs(60), 100);
+        // Twelve sites holding 1..=12 ms; site 12 also under a span, so
+        // its two pairs add up to one site of 12 + 20 ms.
+        let mut holds: Vec<(u32, Option<&'static str>, Duration)> = (1..=12)
+            .map(|line| (line, None, ms(u64::from(line))))
+            .collect();
+        holds.push((12, Some("job"), ms(20)));
+        archive.absorb(0, drained_sites(at(900), &holds));
+        let record = archive.close_tick(at(1000), TickStatus::default(), ms(1000));
+        let view = archive.view();
+        let (tick, sites) = view.timeline_with_sites().next().expect("one tick");
+        assert_eq!(*tick, record);
+        assert_eq!(sites.len(), SITES_PER_TICK);
+        assert_eq!(sites[0].site, key(12).site);
+        assert_eq!(sites[0].held, ms(32));
+        let lines: Vec<u32> = sites.iter().map(|s| s.site.line).collect();
+        assert_eq!(lines, [12, 11, 10, 9, 8, 7, 6, 5]);
+        // The rest: sites 1..=4.
+        assert_eq!(tick.other_sites_held, ms(1 + 2 + 3 + 4));
+        let kept: Duration = sites.iter().map(|s| s.held).sum();
+        assert_eq!(kept + tick.other_sites_held, tick.usage.held);
+    }
+
+    #[test]
+    fn the_site_breakdown_stays_aligned_and_bounded_as_ticks_age_out() {
+        Ticks::init();
+        let start = Instant::now();
+        let at = |ms: u64| Ticks::of(start + Duration::from_millis(ms));
+        let ms = Duration::from_millis;
+        let capacity = 5;
+        let mut archive = Archive::new(at(0), 1, Duration::from_secs(600), capacity);
+        for tick in 1..=20u64 {
+            // Tick n: n sites (at most 20), each holding n ms; none at
+            // every third tick.
+            let count = if tick.is_multiple_of(3) {
+                0
+            } else {
+                tick as u32
+            };
+            let holds: Vec<_> = (1..=count).map(|line| (line, None, ms(tick))).collect();
+            archive.absorb(0, drained_sites(at(tick * 100 - 10), &holds));
+            archive.close_tick(at(tick * 100), TickStatus::default(), ms(100));
+            assert!(archive.timeline.len() <= capacity);
+            assert!(archive.timeline_sites.len() <= capacity * SITES_PER_TICK);
+        }
+        let view = archive.view();
+        let ticks: Vec<_> = view.timeline_with_sites().collect();
+        assert_eq!(ticks.len(), capacity);
+        for (record, sites) in ticks {
+            let tick = at(0).until(record.ended).as_millis() as u64 / 100;
+            let count = if tick.is_multiple_of(3) {
+                0
+            } else {
+                tick as usize
+            };
+            assert_eq!(sites.len(), count.min(SITES_PER_TICK), "tick {tick}");
+            assert!(
+                sites.iter().all(|s| s.held == ms(tick)),
+                "tick {tick}: {sites:?}"
+            );
+            let rest = count.saturating_sub(SITES_PER_TICK) as u32;
+            assert_eq!(record.other_sites_held, ms(tick) * rest, "tick {tick}");
+        }
+        assert_eq!(
+            view.timeline_sites.len(),
+            view.timeline
+                .iter()
+                .map(|t| usize::from(t.top_sites))
+                .sum::<usize>()
+        );
     }
 
     #[test]

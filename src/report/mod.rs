@@ -75,9 +75,10 @@ mod svg;
 mod types;
 mod verdict;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::ledger::{Holder, Ticks};
+use crate::ledger::{ArchiveView, Holder, Ticks};
 use crate::observe::Observer;
 use crate::server::{self, Blocker, ServerBackend, ServerSnapshot};
 use crate::snapshot::PoolSnapshot;
@@ -86,8 +87,8 @@ use crate::view::PoolView;
 
 pub use types::{
     EpisodeReport, ErrorPaths, Evidence, FlaggedGuard, HolderLine, OutsideBackend, Pressure,
-    Report, Scope, ServerSection, ServerState, SiteLine, SpanLine, Verdict, VerdictKind,
-    WaiterLine,
+    Report, Scope, ServerSection, ServerState, SiteLine, SiteSample, SiteShare, SiteTimeline,
+    SpanLine, Verdict, VerdictKind, WaiterLine,
 };
 
 fn ms(d: Duration) -> f64 {
@@ -227,6 +228,8 @@ impl Report {
             episodes,
             pressure,
             timeline,
+            timeline_sites: site_timeline(&view.archive),
+            offset_ms: view.archive.created.until(view.now).as_millis() as u64,
             sites: snapshot.sites.iter().map(SiteLine::from_snapshot).collect(),
             spans: snapshot.spans.iter().map(SpanLine::from_snapshot).collect(),
             spans_visible: snapshot.spans_visible,
@@ -235,6 +238,41 @@ impl Report {
             waiters,
             server,
         }
+    }
+}
+
+/// The timeline's connection time by site: the sites named, busiest over
+/// the timeline first, and each tick's shares by index.
+fn site_timeline(archive: &ArchiveView) -> SiteTimeline {
+    let mut totals: HashMap<crate::site::CallSite, Duration> = HashMap::new();
+    for (_, sites) in archive.timeline_with_sites() {
+        for share in sites {
+            *totals.entry(share.site).or_default() += share.held;
+        }
+    }
+    let mut order: Vec<_> = totals.into_iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let index: HashMap<_, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, (site, _))| (*site, i))
+        .collect();
+    let samples = archive
+        .timeline_with_sites()
+        .map(|(record, sites)| SiteSample {
+            sites: sites
+                .iter()
+                .map(|share| SiteShare {
+                    site: index[&share.site],
+                    connection_ms: ms(share.held),
+                })
+                .collect(),
+            other_ms: ms(record.other_sites_held),
+        })
+        .collect();
+    SiteTimeline {
+        sites: order.iter().map(|(site, _)| site.to_string()).collect(),
+        samples,
     }
 }
 

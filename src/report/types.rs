@@ -6,8 +6,6 @@ use std::time::Duration;
 use crate::snapshot::{PoolStatus, SiteSnapshot, SpanSnapshot};
 use crate::timeline::PressureSample;
 
-use super::svg;
-
 /// Busy share of the hold; unknown (`None`) when no database call was
 /// observed.
 fn ratio(part: Duration, whole: Duration, observed: bool) -> Option<f64> {
@@ -62,6 +60,13 @@ pub struct Report {
     pub pressure: Pressure,
     /// The pressure timeline, oldest sample first.
     pub timeline: Vec<PressureSample>,
+    /// The timeline's connection time by call site: one
+    /// [`SiteSample`] per sample of [`timeline`](Self::timeline).
+    pub timeline_sites: SiteTimeline,
+    /// When the report was made, in milliseconds since the pool was
+    /// wrapped: the clock of [`PressureSample::offset_ms`] (a sample's end
+    /// was `offset_ms - sample.offset_ms` milliseconds before the report).
+    pub offset_ms: u64,
     /// Call sites over the window, most connection time held first.
     pub sites: Vec<SiteLine>,
     /// Tracing spans (request handlers, jobs), most connection time first.
@@ -83,7 +88,85 @@ pub struct Report {
     pub server: Option<ServerSection>,
 }
 
-/// What the database server said about the holders (PostgreSQL's
+/// The pressure timeline's connection time by call site: what
+/// [`Report::timeline_svg`] stacks.
+///
+/// Each tick keeps its busiest call sites (at most 8, by connection time)
+/// and the rest of its connection time as one sum, so a tick's shares and
+/// [`other_ms`](SiteSample::other_ms) add up to its
+/// [`PressureSample::connection_ms`]. Divided by the tick's
+/// [`interval_ms`](PressureSample::interval_ms), each is a mean number of
+/// connections in use.
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")]
+/// # fn demo(pool: poolwatch::postgres::Pool) {
+/// let report = pool.report();
+/// let by_site = &report.timeline_sites;
+/// for (sample, split) in report.timeline.iter().zip(&by_site.samples) {
+///     let tick = sample.interval_ms.max(1) as f64;
+///     for share in &split.sites {
+///         let site = &by_site.sites[share.site];
+///         println!("{} ms: {site} {:.1} connections", sample.offset_ms, share.connection_ms / tick);
+///     }
+///     println!("{} ms: other sites {:.1}", sample.offset_ms, split.other_ms / tick);
+/// }
+/// // The busiest site over the whole timeline, and its connection time.
+/// if let Some(site) = by_site.sites.first() {
+///     println!("{site}: {:.0} ms", by_site.site_total_ms(0));
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct SiteTimeline {
+    /// The call sites the samples name (`file:line:column`, or
+    /// [`CallSite::OVERFLOW`](crate::CallSite::OVERFLOW)'s `<other call
+    /// sites>` for sites past the cap), most connection time over the
+    /// timeline first.
+    pub sites: Vec<String>,
+    /// One per sample of [`Report::timeline`], in the same order.
+    pub samples: Vec<SiteSample>,
+}
+
+impl SiteTimeline {
+    /// The connection time the samples give site `site` (an index into
+    /// [`sites`](Self::sites)), in milliseconds.
+    pub fn site_total_ms(&self, site: usize) -> f64 {
+        self.samples
+            .iter()
+            .flat_map(|s| &s.sites)
+            .filter(|share| share.site == site)
+            .map(|share| share.connection_ms)
+            .sum()
+    }
+}
+
+/// One tick's connection time by call site.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct SiteSample {
+    /// The tick's busiest call sites (at most 8), busiest first.
+    pub sites: Vec<SiteShare>,
+    /// The connection time of the tick's other call sites, in
+    /// milliseconds.
+    pub other_ms: f64,
+}
+
+/// One call site's connection time in one tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct SiteShare {
+    /// The site: an index into [`SiteTimeline::sites`].
+    pub site: usize,
+    /// Connection time held at it during the tick, in milliseconds.
+    pub connection_ms: f64,
+}
+
+/// /// What the database server said about the holders (PostgreSQL's
 /// `pg_stat_activity` and `pg_blocking_pids`, asked on a connection of
 /// poolwatch's own). Each holder's part is in [`HolderLine::server`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -503,11 +586,5 @@ impl Report {
     /// The verdict kinds now, in order.
     pub fn kinds(&self) -> Vec<VerdictKind> {
         self.verdicts.iter().map(|v| v.kind).collect()
-    }
-
-    /// The pressure timeline as a self-contained SVG picture: connections in
-    /// use, idle and waiting over time, against the pool's maximum size.
-    pub fn timeline_svg(&self) -> String {
-        svg::timeline(&self.pool, &self.timeline)
     }
 }
