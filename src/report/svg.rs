@@ -244,12 +244,13 @@ impl Chart {
             last_ms
         };
         let now_ms = now_ms.max(last_ms);
-        let mut to_ms = to_ms.max(last_ms);
+        let to_ms = to_ms.max(last_ms);
         let mut from_ms = from_ms.min(to_ms);
         if to_ms - from_ms < 1000.0 {
-            // A single short tick (or none): a second of axis at least.
-            from_ms = (to_ms - 1000.0).max(0.0);
-            to_ms = from_ms + 1000.0;
+            // A short timeline: a second of axis at least, ending at the
+            // report (the blank before the first tick is before the pool
+            // was watched, never after now).
+            from_ms = to_ms - 1000.0;
         }
 
         // Saturated stretches: the episodes the report lists (and the
