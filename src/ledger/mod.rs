@@ -5,7 +5,7 @@
 //! (`observe`), readers (`view`) and the background threads (`sampler`,
 //! `watchdog`) call it.
 //!
-//! It is split into a few shards, each a [`parking_lot::Mutex`] around a
+//! It is split into a few shards, each a spin lock ([`ShardLock`]) around a
 //! [`ShardState`]. A thread always opens its checkouts in the same shard,
 //! so two threads checking out at once neither contend for a lock nor
 //! bounce a cache line; a guard closes its record in the shard that opened
@@ -54,6 +54,13 @@ pub(crate) use shard::{Cutoffs, Overdue, Unreported};
 pub(crate) use stats::{Counts, DatabaseCounts, StatsKey, TransactionEnding, Usage};
 pub(crate) use ticks::Ticks;
 
+/// The shard lock: a spin lock that yields while it waits. Uncontended (the
+/// common case: a shard is its thread's) its release is a plain store where a
+/// parking mutex needs an atomic read-modify-write, about 9 ns on the
+/// machines measured, twice per checkout; readers hold it for microseconds
+/// (bounded scans, O(1) drains), so a waiter yields rather than parks.
+pub(crate) type ShardLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+
 /// One lock's worth of the ledger. Guards reach their shard through a
 /// [`ShardRef`], which touches no reference count.
 ///
@@ -64,7 +71,7 @@ pub(crate) use ticks::Ticks;
 pub(crate) struct Shard<A> {
     index: u64,
     count: u64,
-    state: Mutex<ShardState>,
+    state: ShardLock<ShardState>,
     common: Arc<Common>,
     /// The shard's reference to itself, so that it outlives its ledger
     /// while records are open in it (their guards hold [`ShardRef`]s).
@@ -321,7 +328,7 @@ impl<A> Ledger<A> {
                 let shard = Arc::new(Shard {
                     index: index as u64,
                     count: count as u64,
-                    state: Mutex::new(ShardState::new(now)),
+                    state: ShardLock::new(ShardState::new(now)),
                     common: Arc::clone(&common),
                     keep_alive: Mutex::new(None),
                     abandoned: AtomicBool::new(false),
