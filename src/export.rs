@@ -91,6 +91,11 @@
 //!   for annotation units.
 //! * **Histogram buckets** are the exporter's setting, not the
 //!   instrument's (semconv's advice is its bucket list; see above).
+//! * **Attributes left out.** `db.client.operation.duration` carries no
+//!   `server.address`, `server.port` or `db.namespace` of its own: the
+//!   pool name has them (by default) and every series already carries it;
+//!   nor `db.query.text` (unbounded: the sanitized text is in the events
+//!   and reports instead).
 //!
 //! # When values are current
 //!
