@@ -300,6 +300,10 @@ async fn operations_and_connects_are_timed() {
         .query("WITH x AS (SELECT 1) SELECT * FROM x", &[])
         .await
         .unwrap();
+    // A call's duration is recorded at the server's "ready", which can
+    // reach the connection after its caller has the result: one more call
+    // whose answer comes after it.
+    client.simple_query("SHOW server_version").await.unwrap();
     drop(client);
 
     let m = metrics_of("metrics-operations");
@@ -350,6 +354,75 @@ async fn operations_and_connects_are_timed() {
     let creates = samples(find(&m, export::CREATE_TIME, None));
     assert_eq!(creates.len(), 1, "one connection opened: {creates:?}");
     assert!(creates[0] > 0.0 && creates[0] < 10.0, "{creates:?}");
+}
+
+/// Calls pipelined on one connection (tokio-postgres sends a second
+/// caller's request before the first is answered) are each timed from
+/// their own request; a statement that fails to prepare is a failed call.
+#[tokio::test]
+async fn pipelined_and_failed_prepares_are_timed_per_call() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-pipelined")
+        .build()
+        .unwrap();
+    let pool = support::observed_pool(1, config);
+    let client = pool.get().await.unwrap();
+    let slow = client.prepare("SELECT pg_sleep(0.05)").await.unwrap();
+    let quick = client
+        .prepare("UPDATE pg_class SET relname = relname WHERE false")
+        .await
+        .unwrap();
+    // Work between a prepare and its first run is not the run's time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both on the wire before the first answer.
+    let (a, b) = tokio::join!(client.query(&slow, &[]), client.execute(&quick, &[]));
+    a.unwrap();
+    b.unwrap();
+    // A syntax error at prepare: 42601. The caller hears of it at the
+    // error, before the server's "ready" that ends the call; the next
+    // call's answer comes after that "ready".
+    assert!(client.prepare("SELEC 1").await.is_err());
+    client.simple_query("SHOW server_version").await.unwrap();
+    drop(client);
+
+    let m = metrics_of("metrics-pipelined");
+    let of = |operation: &str, error: Option<&str>| -> Vec<f64> {
+        m.iter()
+            .filter(|(n, metric)| {
+                n == export::OPERATION_DURATION
+                    && metric
+                        .labels
+                        .get(export::DB_OPERATION_NAME)
+                        .map(String::as_str)
+                        == Some(operation)
+                    && metric.labels.get(export::ERROR_TYPE).map(String::as_str) == error
+            })
+            .flat_map(|(_, metric)| samples(metric))
+            .collect()
+    };
+    // The two explicit prepares are not calls of their own: only the two
+    // runs count.
+    let selects = of("SELECT", None);
+    let updates = of("UPDATE", None);
+    assert_eq!((selects.len(), updates.len()), (1, 1), "{m:#?}");
+    assert!(selects[0] >= 0.05, "{selects:?}");
+    // Queued behind the sleep, so at least as long as it.
+    assert!(updates[0] >= 0.05, "{updates:?}");
+    assert!(
+        selects[0] < 0.3 && updates[0] < 0.3,
+        "{selects:?} {updates:?}"
+    );
+    let failed: Vec<f64> = m
+        .iter()
+        .filter(|(n, metric)| {
+            n == export::OPERATION_DURATION
+                && metric.labels.get(export::ERROR_TYPE).map(String::as_str) == Some("42601")
+        })
+        .flat_map(|(_, metric)| samples(metric))
+        .collect();
+    assert_eq!(failed.len(), 1, "{m:#?}");
 }
 
 /// A pool that is fully stuck (no checkout, no return) still shows its

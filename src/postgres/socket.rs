@@ -50,11 +50,18 @@ struct Call {
 struct Calls {
     metrics: ConnectionMetrics,
     pending: VecDeque<Call>,
-    /// When an answered prepare-only request went out: the call that runs
-    /// the statement started then (tokio-postgres's `query(&str, ..)` is a
-    /// prepare and an execute, one operation to its caller).
-    prepared_since: Option<Ticks>,
+    /// When an answered prepare-only request went out, and when it was
+    /// answered: a call sent right after the answer started then
+    /// (tokio-postgres's `query(&str, ..)` is a prepare and an execute, one
+    /// operation to its caller).
+    prepared: Option<(Ticks, Ticks)>,
 }
+
+/// How soon after a prepare's answer the next request must go out to be
+/// the call that prepare was for (the client sends it as soon as it reads
+/// the answer); later, the prepare was the caller's own (`prepare()`, then
+/// work, then a query) and is not counted.
+const PREPARE_FOLLOWED_WITHIN: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Calls {
     /// Calls are followed only for a pool's connection, and only when
@@ -64,7 +71,7 @@ impl Calls {
         metrics.enabled().then(|| Calls {
             metrics: metrics.clone(),
             pending: VecDeque::new(),
-            prepared_since: None,
+            prepared: None,
         })
     }
 }
@@ -125,8 +132,14 @@ impl Events for Batch<'_> {
             // The wire layer bounds its requests by MAX_PENDING; so does
             // this (an unmatched answer then records nothing).
             if calls.pending.len() < MAX_PENDING {
+                let sent = match calls.prepared.take() {
+                    Some((sent, answered)) if answered.until(now) <= PREPARE_FOLLOWED_WITHIN => {
+                        sent
+                    }
+                    _ => now,
+                };
                 calls.pending.push_back(Call {
-                    sent: calls.prepared_since.take().unwrap_or(now),
+                    sent,
                     operation: None,
                     named: false,
                     failed: None,
@@ -162,7 +175,7 @@ impl Events for Batch<'_> {
         if let Some(calls) = self.calls.as_deref_mut() {
             if let Some(call) = calls.pending.pop_front() {
                 if call.prepare_only && call.failed.is_none() {
-                    calls.prepared_since = Some(call.sent);
+                    calls.prepared = Some((call.sent, now));
                 } else {
                     let took = call.sent.until(now);
                     calls.metrics.operation(took, call.operation, call.failed);
