@@ -808,3 +808,63 @@ mod noop {
         }
     }
 }
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::time::Duration;
+
+    use metrics_util::debugging::DebuggingRecorder;
+
+    use super::*;
+
+    #[test]
+    fn operation_names_come_from_the_first_keyword_only() {
+        assert_eq!(operation_name("select 1"), Some("SELECT"));
+        assert_eq!(
+            operation_name("  /* app */ -- x\n (SELECT 1) UNION SELECT 2"),
+            Some("SELECT")
+        );
+        assert_eq!(operation_name("INSERT INTO t VALUES (1)"), Some("INSERT"));
+        assert_eq!(operation_name("START TRANSACTION"), Some("START"));
+        assert_eq!(operation_name("WITH x AS (SELECT 1) SELECT * FROM x"), None);
+        assert_eq!(operation_name("CREATE TABLE t (id int)"), None);
+        assert_eq!(operation_name("SELECTED"), None);
+        assert_eq!(operation_name(""), None);
+        assert_eq!(operation_name("/* unterminated"), None);
+    }
+
+    /// However many SQLSTATEs a pool's calls fail with, its failed-call
+    /// series stay bounded; the rest are `_OTHER`.
+    #[test]
+    fn failed_call_series_are_capped() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let metrics = PoolMetrics::new("capped", 0).connection_metrics();
+            for i in 0..400u32 {
+                let code = format!("{:05}", i);
+                let code: [u8; 5] = code.as_bytes().try_into().unwrap();
+                metrics.operation(Duration::from_millis(1), Some("SELECT"), Some(code));
+            }
+            metrics.operation(Duration::from_millis(1), Some("SELECT"), None);
+        });
+        let series: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == OPERATION_DURATION)
+            .collect();
+        let errors: Vec<String> = series
+            .iter()
+            .filter_map(|(key, ..)| {
+                key.key()
+                    .labels()
+                    .find(|l| l.key() == ERROR_TYPE)
+                    .map(|l| l.value().to_owned())
+            })
+            .collect();
+        assert_eq!(errors.len(), 256 + 1, "256 codes and _OTHER");
+        assert!(errors.iter().any(|e| e == "_OTHER"));
+        assert_eq!(series.len(), 256 + 1 + 1, "and the successful SELECTs");
+    }
+}
