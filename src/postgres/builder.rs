@@ -594,3 +594,60 @@ where
     let watch = WatchConfig::builder().with_env()?.build()?;
     Ok(WatchedPool::from_config(config, runtime, tls, watch)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn named(url: &str) -> String {
+        let pg = tokio_postgres::Config::from_str(url).unwrap();
+        named_after_server(WatchConfig::default(), &pg).pool_name
+    }
+
+    #[test]
+    fn unnamed_pools_are_named_server_address_port_namespace() {
+        assert_eq!(
+            named("postgres://app@db.example.com/shop"),
+            "db.example.com:5432/shop"
+        );
+        assert_eq!(named("postgres://app@db:6432/shop"), "db:6432/shop");
+        // The database defaults to the user, as PostgreSQL's does.
+        assert_eq!(named("postgres://app@db/"), "db:5432/app");
+        // Several hosts, each with its port (or the one port).
+        assert_eq!(
+            named("host=a,b port=5433,5434 dbname=shop user=app"),
+            "a:5433,b:5434/shop"
+        );
+        assert_eq!(
+            named("host=a,b port=5433 dbname=shop user=app"),
+            "a:5433,b:5433/shop"
+        );
+        // Only addresses.
+        assert_eq!(
+            named("hostaddr=10.0.0.7 dbname=shop user=app"),
+            "10.0.0.7:5432/shop"
+        );
+        #[cfg(unix)]
+        assert_eq!(
+            named("host=/var/run/postgresql dbname=shop user=app"),
+            "/var/run/postgresql:5432/shop"
+        );
+        // No password, whatever the URL holds.
+        assert!(!named("postgres://app:hunter2@db/shop").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_given_name_is_kept() {
+        let pg = tokio_postgres::Config::from_str("postgres://app@db/shop").unwrap();
+        let watch = WatchConfig::builder().pool_name("orders").build().unwrap();
+        assert_eq!(named_after_server(watch, &pg).pool_name, "orders");
+        // Nothing to name it after: the default stays.
+        let empty = tokio_postgres::Config::new();
+        assert_eq!(
+            named_after_server(WatchConfig::default(), &empty).pool_name,
+            WatchConfig::DEFAULT_POOL_NAME
+        );
+    }
+}
