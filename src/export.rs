@@ -244,15 +244,28 @@ pub(crate) fn operation_name(statement: &str) -> Option<&'static str> {
             break;
         }
     }
-    let word_end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    let word = &rest[..word_end];
+    let word = rest
+        .as_bytes()
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic())
+        .take(LONGEST_OPERATION_NAME + 1);
+    // The word in capitals, in a buffer one longer than the longest name,
+    // so a longer word matches none.
+    let mut upper = [0u8; LONGEST_OPERATION_NAME + 1];
+    let mut len = 0;
+    for (slot, b) in upper.iter_mut().zip(word) {
+        *slot = b.to_ascii_uppercase();
+        len += 1;
+    }
+    let word = &upper[..len];
     OPERATION_NAMES
         .iter()
         .copied()
-        .find(|name| name.eq_ignore_ascii_case(word))
+        .find(|name| name.len() == len && name.as_bytes() == word)
 }
+
+/// The length of the longest of [`OPERATION_NAMES`].
+const LONGEST_OPERATION_NAME: usize = 9;
 
 /// The kinds of [`ERROR_PATHS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -831,6 +844,12 @@ mod tests {
         assert_eq!(operation_name("SELECTED"), None);
         assert_eq!(operation_name(""), None);
         assert_eq!(operation_name("/* unterminated"), None);
+        assert_eq!(operation_name("savepoint a"), Some("SAVEPOINT"));
+        assert_eq!(operation_name("SAVEPOINTS"), None);
+        assert_eq!(
+            OPERATION_NAMES.iter().map(|n| n.len()).max(),
+            Some(LONGEST_OPERATION_NAME)
+        );
     }
 
     /// However many SQLSTATEs a pool's calls fail with, its failed-call

@@ -55,6 +55,10 @@ struct Calls {
     /// (tokio-postgres's `query(&str, ..)` is a prepare and an execute, one
     /// operation to its caller).
     prepared: Option<(Ticks, Ticks)>,
+    /// The last statement named and its operation name: a prepared
+    /// statement's text is the same `Arc` at every run, so its name is
+    /// found once.
+    named: Option<(Arc<str>, Option<&'static str>)>,
 }
 
 /// How soon after a prepare's answer the next request must go out to be
@@ -72,6 +76,7 @@ impl Calls {
             metrics: metrics.clone(),
             pending: VecDeque::new(),
             prepared: None,
+            named: None,
         })
     }
 }
@@ -151,12 +156,23 @@ impl Events for Batch<'_> {
 
     fn statement(&mut self, text: &Arc<str>) {
         self.writer().0.statement(text.clone());
-        if let Some(call) = self.calls.as_deref_mut().and_then(|c| c.pending.back_mut()) {
-            // The statement event follows its request's.
-            if !call.named {
-                call.named = true;
-                call.operation = operation_name(text);
-            }
+        let Some(calls) = self.calls.as_deref_mut() else {
+            return;
+        };
+        // The statement event follows its request's.
+        let Some(call) = calls.pending.back_mut() else {
+            return;
+        };
+        if !call.named {
+            call.named = true;
+            call.operation = match &calls.named {
+                Some((last, operation)) if Arc::ptr_eq(last, text) => *operation,
+                _ => {
+                    let operation = operation_name(text);
+                    calls.named = Some((text.clone(), operation));
+                    operation
+                }
+            };
         }
     }
 
