@@ -12,7 +12,7 @@ use deadpool_postgres::{
     BuildError, ClientWrapper, Manager, ManagerConfig, PoolConfig, QueueMode, Runtime,
 };
 
-use super::connect::WatchedConnect;
+use super::connect::{port_of, WatchedConnect};
 use super::link::{self, Claims, Directory};
 use super::sanitize::sanitize;
 use super::server_probe::Probe;
@@ -121,7 +121,7 @@ fn named_after_server(mut watch: WatchConfig, pg_config: &tokio_postgres::Config
         .iter()
         .enumerate()
         .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let port = port_of(ports, i);
             match host {
                 tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
                 #[cfg(unix)]
@@ -136,7 +136,7 @@ fn named_after_server(mut watch: WatchConfig, pg_config: &tokio_postgres::Config
             .iter()
             .enumerate()
             .map(|(i, ip)| {
-                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                let port = port_of(ports, i);
                 format!("{ip}:{port}")
             })
             .collect()

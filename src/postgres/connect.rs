@@ -151,6 +151,16 @@ enum Addr {
     Unix(PathBuf),
 }
 
+/// The port of the `i`-th host: its own, else the one port given for all,
+/// else PostgreSQL's default (tokio-postgres's pairing).
+pub(crate) fn port_of(ports: &[u16], i: usize) -> u16 {
+    ports
+        .get(i)
+        .or_else(|| ports.first())
+        .copied()
+        .unwrap_or(5432)
+}
+
 /// tokio-postgres's `connect`, on observed sockets.
 pub(crate) async fn connect<T>(
     mut tls: T,
@@ -183,11 +193,7 @@ where
     let mut error = None;
     for i in indices {
         let host = hosts.get(i);
-        let port = ports
-            .get(i)
-            .or_else(|| ports.first())
-            .copied()
-            .unwrap_or(5432);
+        let port = port_of(ports, i);
         // The host is the name TLS verifies, hostaddr (when given) the
         // address connected to.
         let hostname = match host {
