@@ -229,10 +229,21 @@ pub const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The operation name of a statement: its first keyword, when it is one
-/// of [`OPERATION_NAMES`] (case-insensitive; leading whitespace, comments
+/// One of [`OPERATION_NAMES`], by its position: found once per statement
+/// text, then carried with each call to pick its series without a search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Operation(u8);
+
+impl Operation {
+    pub(crate) fn name(self) -> &'static str {
+        OPERATION_NAMES[usize::from(self.0)]
+    }
+}
+
+/// The operation of a statement: its first keyword, when it is one of
+/// [`OPERATION_NAMES`] (case-insensitive; leading whitespace, comments
 /// and parentheses skipped).
-pub(crate) fn operation_name(statement: &str) -> Option<&'static str> {
+pub(crate) fn operation_of(statement: &str) -> Option<Operation> {
     let mut rest = statement;
     loop {
         rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
@@ -258,10 +269,10 @@ pub(crate) fn operation_name(statement: &str) -> Option<&'static str> {
         len += 1;
     }
     let word = &upper[..len];
-    OPERATION_NAMES
+    let index = OPERATION_NAMES
         .iter()
-        .copied()
-        .find(|name| name.len() == len && name.as_bytes() == word)
+        .position(|name| name.len() == len && name.as_bytes() == word)?;
+    u8::try_from(index).ok().map(Operation)
 }
 
 /// The length of the longest of [`OPERATION_NAMES`].
@@ -640,8 +651,8 @@ mod real {
     /// most; past that a failure is labelled `_OTHER` (semconv's fallback).
     const FAILED_SERIES: usize = 256;
 
-    /// A failed call's series: its operation name and SQLSTATE.
-    type FailedSeries = (Option<&'static str>, [u8; 5]);
+    /// A failed call's series: its operation and SQLSTATE.
+    type FailedSeries = (Option<Operation>, [u8; 5]);
 
     /// The per-call histograms of one pool, registered on first use (a
     /// pool that never runs `MERGE` renders no `MERGE` series).
@@ -663,13 +674,16 @@ mod real {
             }
         }
 
-        fn register(&self, name: Option<&'static str>, error: Option<&str>) -> Histogram {
+        fn register(&self, operation: Option<Operation>, error: Option<&str>) -> Histogram {
             let mut labels = vec![
                 metrics::Label::new(POOL_NAME, self.pool_name.clone()),
                 metrics::Label::from_static_parts(DB_SYSTEM_NAME, "postgresql"),
             ];
-            if let Some(name) = name {
-                labels.push(metrics::Label::from_static_parts(DB_OPERATION_NAME, name));
+            if let Some(operation) = operation {
+                labels.push(metrics::Label::from_static_parts(
+                    DB_OPERATION_NAME,
+                    operation.name(),
+                ));
             }
             if let Some(error) = error {
                 labels.push(metrics::Label::new(ERROR_TYPE, error.to_owned()));
@@ -677,27 +691,25 @@ mod real {
             metrics::histogram!(OPERATION_DURATION, labels)
         }
 
-        fn record(&self, took: Duration, name: Option<&'static str>, error: Option<[u8; 5]>) {
+        fn record(&self, took: Duration, operation: Option<Operation>, error: Option<[u8; 5]>) {
             let seconds = took.as_secs_f64();
             let Some(code) = error else {
-                let index = name
-                    .and_then(|n| OPERATION_NAMES.iter().position(|o| *o == n))
-                    .unwrap_or(OPERATION_NAMES.len());
+                let index = operation.map_or(OPERATION_NAMES.len(), |o| usize::from(o.0));
                 self.succeeded[index]
-                    .get_or_init(|| self.register(name, None))
+                    .get_or_init(|| self.register(operation, None))
                     .record(seconds);
                 return;
             };
             let mut failed = self.failed.lock();
-            if let Some(histogram) = failed.get(&(name, code)) {
+            if let Some(histogram) = failed.get(&(operation, code)) {
                 histogram.record(seconds);
             } else if failed.len() < FAILED_SERIES {
                 // SQLSTATEs are five ASCII digits or capitals (checked
                 // where they are read).
                 let text = std::str::from_utf8(&code).unwrap_or("_OTHER");
-                let histogram = self.register(name, Some(text));
+                let histogram = self.register(operation, Some(text));
                 histogram.record(seconds);
-                failed.insert((name, code), histogram);
+                failed.insert((operation, code), histogram);
             } else {
                 drop(failed);
                 self.failed_other
@@ -726,15 +738,15 @@ mod real {
             self.create_time.record(took.as_secs_f64());
         }
 
-        /// A database call ended: its operation name (see
-        /// [`operation_name`]) and, for a failed call, its SQLSTATE.
+        /// A database call ended: its operation (see [`operation_of`])
+        /// and, for a failed call, its SQLSTATE.
         pub(crate) fn operation(
             &self,
             took: Duration,
-            name: Option<&'static str>,
+            operation: Option<Operation>,
             error: Option<[u8; 5]>,
         ) {
-            self.operations.record(took, name, error);
+            self.operations.record(took, operation, error);
         }
     }
 
@@ -815,7 +827,7 @@ mod noop {
         pub(crate) fn operation(
             &self,
             _took: Duration,
-            _name: Option<&'static str>,
+            _operation: Option<Operation>,
             _error: Option<[u8; 5]>,
         ) {
         }
@@ -829,6 +841,10 @@ mod tests {
     use metrics_util::debugging::DebuggingRecorder;
 
     use super::*;
+
+    fn operation_name(statement: &str) -> Option<&'static str> {
+        operation_of(statement).map(Operation::name)
+    }
 
     #[test]
     fn operation_names_come_from_the_first_keyword_only() {
@@ -860,12 +876,13 @@ mod tests {
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, || {
             let metrics = PoolMetrics::new("capped", 0).connection_metrics();
+            let select = operation_of("SELECT 1");
             for i in 0..400u32 {
                 let code = format!("{:05}", i);
                 let code: [u8; 5] = code.as_bytes().try_into().unwrap();
-                metrics.operation(Duration::from_millis(1), Some("SELECT"), Some(code));
+                metrics.operation(Duration::from_millis(1), select, Some(code));
             }
-            metrics.operation(Duration::from_millis(1), Some("SELECT"), None);
+            metrics.operation(Duration::from_millis(1), select, None);
         });
         let series: Vec<_> = snapshotter
             .snapshot()

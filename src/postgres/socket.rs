@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
 use super::wire::{Events, Outcome, Protocol, WireSettings, MAX_PENDING};
-use crate::export::{operation_name, ConnectionMetrics};
+use crate::export::{operation_of, ConnectionMetrics, Operation};
 use crate::ledger::connection::{ActivityWriter, ConnectionActivity, TransactionState};
 use crate::ledger::Ticks;
 
@@ -38,7 +38,7 @@ enum Mode {
 #[derive(Clone, Copy, Debug)]
 struct Call {
     sent: Ticks,
-    operation: Option<&'static str>,
+    operation: Option<Operation>,
     named: bool,
     failed: Option<[u8; 5]>,
     /// Prepares a statement the connection's next call runs.
@@ -58,7 +58,7 @@ struct Calls {
     /// The last statement named and its operation name: a prepared
     /// statement's text is the same `Arc` at every run, so its name is
     /// found once.
-    named: Option<(Arc<str>, Option<&'static str>)>,
+    named: Option<(Arc<str>, Option<Operation>)>,
 }
 
 /// How soon after a prepare's answer the next request must go out to be
@@ -168,7 +168,7 @@ impl Events for Batch<'_> {
             call.operation = match &calls.named {
                 Some((last, operation)) if Arc::ptr_eq(last, text) => *operation,
                 _ => {
-                    let operation = operation_name(text);
+                    let operation = operation_of(text);
                     calls.named = Some((text.clone(), operation));
                     operation
                 }
