@@ -256,7 +256,6 @@ enum Step {
     Encrypted,
 }
 
-/// The bytes up to the first NUL, and the rest after it.
 /// The SQLSTATE (`C` field) of an `ErrorResponse`'s kept prefix: five
 /// digits or capital letters, else `None`.
 fn sqlstate(mut fields: &[u8]) -> Option<[u8; 5]> {
@@ -277,6 +276,7 @@ fn sqlstate(mut fields: &[u8]) -> Option<[u8; 5]> {
     None
 }
 
+/// The bytes up to the first NUL, and the rest after it.
 fn c_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = bytes.iter().position(|&b| b == 0)?;
     Some((&bytes[..end], &bytes[end + 1..]))
