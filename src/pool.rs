@@ -221,8 +221,7 @@ impl<M: Manager> WatchedPool<M> {
         let metrics = &self.shared.observer.metrics;
         metrics.set_status(self.pool.status().into());
         let now = Ticks::now();
-        let oldest_wait = self.shared.ledger.waiters().first().map(|w| w.waited(now));
-        metrics.set_oldest_wait(oldest_wait.unwrap_or_default());
+        metrics.set_oldest_wait(self.shared.ledger.oldest_wait(now));
         metrics.set_oldest_hold(self.shared.ledger.oldest_hold(now));
     }
 

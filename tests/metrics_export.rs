@@ -425,6 +425,41 @@ async fn pipelined_and_failed_prepares_are_timed_per_call() {
     assert_eq!(failed.len(), 1, "{m:#?}");
 }
 
+/// With the timeline off there is no sampler: `record_metrics` alone
+/// brings the oldest wait and hold up to date, as a scrape would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_metrics_alone_sets_the_oldest_wait_and_hold() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-scrape")
+        .timeline_tick(None)
+        .build()
+        .unwrap();
+    let pool = support::observed_pool(1, config);
+    let held = pool.get().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { drop(pool.get().await.unwrap()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pool.record_metrics();
+    let m = metrics_of("metrics-scrape");
+    let oldest_hold = gauge(find(&m, export::OLDEST_HOLD, None));
+    let oldest_wait = gauge(find(&m, export::OLDEST_WAIT, None));
+    assert!(oldest_hold >= 0.3, "oldest hold {oldest_hold}");
+    assert!(
+        (0.2..=oldest_hold).contains(&oldest_wait),
+        "oldest wait {oldest_wait}"
+    );
+    drop(held);
+    waiter.await.unwrap();
+    pool.record_metrics();
+    let m = metrics_of("metrics-scrape");
+    assert_eq!(gauge(find(&m, export::OLDEST_WAIT, None)), 0.0);
+    assert_eq!(gauge(find(&m, export::OLDEST_HOLD, None)), 0.0);
+}
+
 /// A pool that is fully stuck (no checkout, no return) still shows its
 /// state: the sampler refreshes the gauges at every tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

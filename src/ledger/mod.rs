@@ -390,6 +390,18 @@ impl<A> Ledger<A> {
             .map_or(Duration::ZERO, |acquired| acquired.until(now))
     }
 
+    /// How long the longest-waiting acquire has waited as of `now` (zero
+    /// when none): one shard lock at a time, no copy (for a scrape; the
+    /// sampler copies the waiters anyway).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn oldest_wait(&self, now: Ticks) -> Duration {
+        self.shards
+            .iter()
+            .filter_map(|s| s.state.lock().oldest_pending())
+            .min()
+            .map_or(Duration::ZERO, |since| since.until(now))
+    }
+
     /// Every outstanding checkout, longest held first; one shard lock at
     /// a time, sorted outside.
     pub(crate) fn holders(&self, now: Ticks) -> Vec<Holder> {

@@ -564,6 +564,12 @@ impl ShardState {
             .filter(|t| *t != Ticks::NEVER)
     }
 
+    /// When the longest-waiting pending acquire started waiting, if any.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn oldest_pending(&self) -> Option<Ticks> {
+        self.pending.iter().map(|(_, p)| p.since).min()
+    }
+
     /// An acquire had to wait: it is pending until [`Self::wait_ended`].
     pub(crate) fn wait_started(
         &mut self,
