@@ -90,6 +90,24 @@ fn samples(metric: &Metric) -> Vec<f64> {
     }
 }
 
+/// The `db.client.operation.duration` samples of the series whose
+/// operation name and error type are these (`None`: the label is absent).
+fn operation_samples(
+    metrics: &[(String, Metric)],
+    operation: Option<&str>,
+    error: Option<&str>,
+) -> Vec<f64> {
+    metrics
+        .iter()
+        .filter(|(name, m)| {
+            name == export::OPERATION_DURATION
+                && m.labels.get(export::DB_OPERATION_NAME).map(String::as_str) == operation
+                && m.labels.get(export::ERROR_TYPE).map(String::as_str) == error
+        })
+        .flat_map(|(_, m)| samples(m))
+        .collect()
+}
+
 fn counter(metric: &Metric) -> u64 {
     match metric.value {
         DebugValue::Counter(n) => n,
@@ -323,16 +341,7 @@ async fn operations_and_connects_are_timed() {
             Some("postgresql")
         );
     }
-    let of = |operation: Option<&str>, error: Option<&str>| -> Vec<f64> {
-        operations
-            .iter()
-            .filter(|m| {
-                m.labels.get(export::DB_OPERATION_NAME).map(String::as_str) == operation
-                    && m.labels.get(export::ERROR_TYPE).map(String::as_str) == error
-            })
-            .flat_map(|m| samples(m))
-            .collect()
-    };
+    let of = |operation, error| operation_samples(&m, operation, error);
     let selects = of(Some("SELECT"), None);
     assert_eq!(selects.len(), 2, "{operations:#?}");
     assert!(selects.iter().any(|s| *s >= 0.03), "{selects:?}");
@@ -388,20 +397,7 @@ async fn pipelined_and_failed_prepares_are_timed_per_call() {
     drop(client);
 
     let m = metrics_of("metrics-pipelined");
-    let of = |operation: &str, error: Option<&str>| -> Vec<f64> {
-        m.iter()
-            .filter(|(n, metric)| {
-                n == export::OPERATION_DURATION
-                    && metric
-                        .labels
-                        .get(export::DB_OPERATION_NAME)
-                        .map(String::as_str)
-                        == Some(operation)
-                    && metric.labels.get(export::ERROR_TYPE).map(String::as_str) == error
-            })
-            .flat_map(|(_, metric)| samples(metric))
-            .collect()
-    };
+    let of = |operation, error| operation_samples(&m, Some(operation), error);
     // The two explicit prepares are not calls of their own: only the two
     // runs count.
     let selects = of("SELECT", None);
@@ -414,14 +410,8 @@ async fn pipelined_and_failed_prepares_are_timed_per_call() {
         selects[0] < 0.3 && updates[0] < 0.3,
         "{selects:?} {updates:?}"
     );
-    let failed: Vec<f64> = m
-        .iter()
-        .filter(|(n, metric)| {
-            n == export::OPERATION_DURATION
-                && metric.labels.get(export::ERROR_TYPE).map(String::as_str) == Some("42601")
-        })
-        .flat_map(|(_, metric)| samples(metric))
-        .collect();
+    // `SELEC` is no operation name.
+    let failed = operation_samples(&m, None, Some("42601"));
     assert_eq!(failed.len(), 1, "{m:#?}");
 }
 
