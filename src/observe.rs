@@ -268,7 +268,7 @@ impl Observer {
             site: closed.site(),
             span: closed.span,
             held: closed.held,
-            busy: closed.activity.as_ref().map(|a| a.hold.busy),
+            busy: closed.activity.as_ref().map(|a| a.hold.busy()),
             backend_pid: closed.activity.as_ref().and_then(|a| a.backend_pid),
         }
     }
@@ -419,7 +419,7 @@ impl Observer {
             held: closed.held,
             outcome: closed.outcome,
             past_threshold,
-            busy: closed.activity.as_ref().map(|a| a.hold.busy),
+            busy: closed.activity.as_ref().map(|a| a.hold.busy()),
             in_flight: closed.in_flight(),
             open_transaction: closed.open_transaction(),
             flagged: closed.was_flagged(),
@@ -432,7 +432,7 @@ impl Observer {
             || closed
                 .activity
                 .as_ref()
-                .is_some_and(|a| a.observation_lost.is_some())
+                .is_some_and(|a| a.observation_lost().is_some())
         {
             self.closed_with_findings(closed, past_threshold, disposal);
         }
@@ -465,7 +465,7 @@ impl Observer {
             let statement = closed
                 .activity
                 .as_ref()
-                .and_then(|a| a.last_statement.as_deref())
+                .and_then(|a| a.last_statement())
                 .and_then(|raw| self.statement(raw));
             for (poison, applies) in [
                 (Poison::InFlight, closed.in_flight()),
@@ -478,7 +478,7 @@ impl Observer {
                     let transaction_site = closed
                         .activity
                         .as_ref()
-                        .and_then(|a| a.transaction_site)
+                        .and_then(|a| a.transaction_site())
                         .map(CallSite::from);
                     events::returned_poisoned(
                         &hold,
@@ -491,7 +491,7 @@ impl Observer {
                 }
             }
         }
-        if let Some(reason) = closed.activity.as_ref().and_then(|a| a.observation_lost) {
+        if let Some(reason) = closed.activity.as_ref().and_then(|a| a.observation_lost()) {
             events::observation_lost(&hold, reason);
         }
         if closed.was_flagged() {

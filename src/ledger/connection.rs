@@ -20,6 +20,7 @@
 #![cfg_attr(not(feature = "postgres"), allow(dead_code))]
 
 use std::any::Any;
+use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -127,10 +128,49 @@ const PUBLISHED_WORDS: usize = 7;
 /// An absent instant in a published word.
 const NO_TICKS: u64 = u64::MAX;
 
-/// What [`ActivityState::published`] encodes, decoded.
-struct Published {
-    state: ActivityState,
-    lost_pending: bool,
+/// The words of [`ActivityState::published`], read in place: the end of
+/// a hold decodes only what it uses.
+#[derive(Clone, Copy)]
+struct Published([u64; PUBLISHED_WORDS]);
+
+impl Published {
+    fn counters(&self, now: Ticks) -> Counters {
+        let running = |since: u64| {
+            if since == NO_TICKS {
+                0
+            } else {
+                Ticks::from_raw(since).nanos_until(now)
+            }
+        };
+        let w = &self.0;
+        Counters {
+            busy_ns: w[0].saturating_add(running(w[1])),
+            idle_in_transaction_ns: w[2].saturating_add(running(w[3])),
+            statements: w[4],
+        }
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.0[5] as u32
+    }
+
+    fn transaction(&self) -> TransactionState {
+        match (self.0[5] >> 32) & 0xff {
+            1 => TransactionState::Idle,
+            2 => TransactionState::Open,
+            3 => TransactionState::Failed,
+            _ => TransactionState::Unknown,
+        }
+    }
+
+    /// A loss is still to be reported (which takes the lock).
+    fn lost_pending(&self) -> bool {
+        (self.0[5] >> 40) & 1 == 1
+    }
+
+    fn backend_pid(&self) -> Option<i32> {
+        (self.0[6] >> 32 == 1).then_some(self.0[6] as u32 as i32)
+    }
 }
 
 /// [`Counters`] in atomics (see [`ConnectionActivity::hold_mark`]).
@@ -159,26 +199,46 @@ impl Mark {
     }
 }
 
-/// [`Totals`] as the state keeps them: nanoseconds, summed without
-/// `Duration`'s normalization at every step (the end of every hold reads
-/// them twice).
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    busy_ns: u64,
-    idle_in_transaction_ns: u64,
-    statements: u64,
+/// [`Totals`] as the state keeps them, and as the end of a hold hands
+/// them on: nanoseconds, summed and subtracted without `Duration`'s
+/// normalization (a division) at every step of every return.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub(crate) busy_ns: u64,
+    pub(crate) idle_in_transaction_ns: u64,
+    pub(crate) statements: u64,
 }
 
 impl Counters {
     /// What happened between `earlier` and `self`.
-    fn since(self, earlier: Counters) -> Totals {
-        Totals {
-            busy: Duration::from_nanos(self.busy_ns.saturating_sub(earlier.busy_ns)),
-            idle_in_transaction: Duration::from_nanos(
-                self.idle_in_transaction_ns
-                    .saturating_sub(earlier.idle_in_transaction_ns),
-            ),
+    fn minus(self, earlier: Counters) -> Counters {
+        Counters {
+            busy_ns: self.busy_ns.saturating_sub(earlier.busy_ns),
+            idle_in_transaction_ns: self
+                .idle_in_transaction_ns
+                .saturating_sub(earlier.idle_in_transaction_ns),
             statements: self.statements.saturating_sub(earlier.statements),
+        }
+    }
+
+    /// [`Self::minus`], as [`Totals`].
+    fn since(self, earlier: Counters) -> Totals {
+        self.minus(earlier).totals()
+    }
+
+    pub(crate) fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_ns)
+    }
+
+    pub(crate) fn idle_in_transaction(&self) -> Duration {
+        Duration::from_nanos(self.idle_in_transaction_ns)
+    }
+
+    pub(crate) fn totals(self) -> Totals {
+        Totals {
+            busy: self.busy(),
+            idle_in_transaction: self.idle_in_transaction(),
+            statements: self.statements,
         }
     }
 }
@@ -196,22 +256,46 @@ pub(crate) struct Totals {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HoldEnd {
     /// Since the hold began.
-    pub(crate) hold: Totals,
+    pub(crate) hold: Counters,
     /// Since the last tick mark (or the hold's start, if later).
-    pub(crate) tick: Totals,
+    pub(crate) tick: Counters,
     pub(crate) in_flight: u32,
     pub(crate) transaction: TransactionState,
     pub(crate) backend_pid: Option<i32>,
-    /// The last statement's text, only when the hold sent statements and
-    /// left the connection poisoned (a call in flight or a transaction
-    /// open): the one case that reports it.
+    /// Set only by the locked path: the last statement's text, when the
+    /// hold sent statements and left the connection poisoned (a call in
+    /// flight or a transaction open: the one case that reports it); why
+    /// observation was lost, the first time a hold ends after the loss (so
+    /// it is reported once per connection).
+    pub(crate) details: Option<Box<EndingDetails>>,
+}
+
+/// The rare parts of a hold's ending, boxed where they travel (see
+/// `EndedActivity::details`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EndingDetails {
+    /// The hold's last statement, kept only when the ending needs it (a
+    /// call in flight, an open transaction): cloning it at every return
+    /// would cost more than the rest of the record.
     pub(crate) last_statement: Option<Arc<str>>,
-    /// Why observation was lost, the first time a hold ends after the loss
-    /// (so it is reported once per connection).
+    /// Where a watched transaction still open at return was begun.
+    pub(crate) transaction_site: Option<&'static Location<'static>>,
+    /// Observation of this connection was lost during the hold (reported
+    /// once per connection): why.
     pub(crate) observation_lost: Option<&'static str>,
 }
 
 impl HoldEnd {
+    #[cfg(test)]
+    fn last_statement(&self) -> Option<&str> {
+        self.details.as_ref()?.last_statement.as_deref()
+    }
+
+    #[cfg(test)]
+    fn observation_lost(&self) -> Option<&'static str> {
+        self.details.as_ref()?.observation_lost
+    }
+
     /// A call still in flight or a transaction left open: the next caller
     /// must not get this connection.
     pub(crate) fn poisoned(&self) -> bool {
@@ -265,32 +349,6 @@ impl ActivityState {
             self.backend_pid
                 .map_or(0, |pid| 1 << 32 | u64::from(pid as u32)),
         ]
-    }
-
-    /// The inverse of [`Self::published`]: a state with those fields set
-    /// (the rest default).
-    fn from_published(words: [u64; PUBLISHED_WORDS]) -> Published {
-        let ticks = |w: u64| (w != NO_TICKS).then(|| Ticks::from_raw(w));
-        let transaction = match (words[5] >> 32) & 0xff {
-            1 => TransactionState::Idle,
-            2 => TransactionState::Open,
-            3 => TransactionState::Failed,
-            _ => TransactionState::Unknown,
-        };
-        Published {
-            state: ActivityState {
-                busy_ns: words[0],
-                busy_since: ticks(words[1]),
-                idle_in_transaction_ns: words[2],
-                idle_in_transaction_since: ticks(words[3]),
-                statements: words[4],
-                in_flight: words[5] as u32,
-                transaction,
-                backend_pid: (words[6] >> 32 == 1).then_some(words[6] as u32 as i32),
-                ..ActivityState::default()
-            },
-            lost_pending: (words[5] >> 40) & 1 == 1,
-        }
     }
 
     fn totals(&self, now: Ticks) -> Totals {
@@ -459,15 +517,19 @@ impl ConnectionActivity {
     /// copy, without the lock, unless the connection is poisoned (its last
     /// statement is wanted) or a loss is still to be reported.
     pub(crate) fn end_hold(&self, now: Ticks) -> HoldEnd {
-        let published = self.published.try_read().map(ActivityState::from_published);
-        let Some(Published {
-            state,
-            lost_pending: false,
-        }) = published
-        else {
+        let Some(published) = self.published.try_read().map(Published) else {
             return self.end_hold_locked(now);
         };
-        let (end, totals) = self.hold_end(&state, now);
+        if published.lost_pending() {
+            return self.end_hold_locked(now);
+        }
+        let totals = published.counters(now);
+        let end = self.hold_end(
+            totals,
+            published.in_flight(),
+            published.transaction(),
+            published.backend_pid(),
+        );
         if end.poisoned() && end.hold.statements > 0 {
             return self.end_hold_locked(now);
         }
@@ -481,33 +543,43 @@ impl ConnectionActivity {
     fn end_hold_locked(&self, now: Ticks) -> HoldEnd {
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        let (mut end, totals) = self.hold_end(state, now);
+        let totals = state.counters(now);
+        let mut end = self.hold_end(
+            totals,
+            state.in_flight,
+            state.transaction,
+            state.backend_pid,
+        );
         self.move_marks(totals);
         if end.poisoned() && end.hold.statements > 0 {
-            end.last_statement = state.last_statement.clone();
+            end.details.get_or_insert_default().last_statement = state.last_statement.clone();
         }
         if !state.lost_reported && state.lost_reason.is_some() {
             state.lost_reported = true;
-            end.observation_lost = state.lost_reason;
+            end.details.get_or_insert_default().observation_lost = state.lost_reason;
             self.published.write(state.published());
         }
         end
     }
 
-    /// The hold's and the tick's part of `state` at `now`, and the
-    /// counters the marks move to when the hold ends.
-    fn hold_end(&self, state: &ActivityState, now: Ticks) -> (HoldEnd, Counters) {
-        let totals = state.counters(now);
-        let end = HoldEnd {
-            hold: totals.since(self.hold_mark.load()),
-            tick: totals.since(self.tick_mark.load()),
-            in_flight: state.in_flight,
-            transaction: state.transaction,
-            backend_pid: state.backend_pid,
-            last_statement: None,
-            observation_lost: None,
-        };
-        (end, totals)
+    /// The end of a hold whose connection's `totals` are these now: the
+    /// hold's and the tick's part of them (the marks move to `totals`
+    /// once the caller keeps this end).
+    fn hold_end(
+        &self,
+        totals: Counters,
+        in_flight: u32,
+        transaction: TransactionState,
+        backend_pid: Option<i32>,
+    ) -> HoldEnd {
+        HoldEnd {
+            hold: totals.minus(self.hold_mark.load()),
+            tick: totals.minus(self.tick_mark.load()),
+            in_flight,
+            transaction,
+            backend_pid,
+            details: None,
+        }
     }
 
     /// The next hold and tick count from `totals`.
@@ -644,11 +716,11 @@ mod tests {
             w.ready(at(start, 25), TransactionState::Idle);
         }
         let end = activity.end_hold(at(start, 30));
-        assert_eq!(end.hold.busy, Duration::from_millis(15));
-        assert_eq!(end.tick.busy, Duration::from_millis(5));
+        assert_eq!(end.hold.busy(), Duration::from_millis(15));
+        assert_eq!(end.tick.busy(), Duration::from_millis(5));
         assert_eq!(end.hold.statements, 1);
         // Returned clean: the text is not copied out.
-        assert_eq!(end.last_statement, None);
+        assert_eq!(end.last_statement(), None);
         // The next hold starts from zero.
         let (next, _) = activity.hold_so_far(at(start, 40));
         assert_eq!(next, Totals::default());
@@ -684,9 +756,9 @@ mod tests {
         );
         assert_eq!(end.backend_pid, Some(4242));
         assert_eq!(end.hold.statements, 2);
-        assert_eq!(end.hold.busy, Duration::from_millis(12));
-        assert_eq!(end.hold.idle_in_transaction, Duration::from_millis(8));
-        assert_eq!(end.last_statement.as_deref(), Some("UPDATE t SET v = 1"));
+        assert_eq!(end.hold.busy(), Duration::from_millis(12));
+        assert_eq!(end.hold.idle_in_transaction(), Duration::from_millis(8));
+        assert_eq!(end.last_statement(), Some("UPDATE t SET v = 1"));
         // A clean hold after it, read from the copy: only its own part.
         {
             let mut w = activity.writer();
@@ -694,16 +766,16 @@ mod tests {
         }
         let end = activity.end_hold(at(start, 50));
         assert!(!end.poisoned());
-        assert_eq!(end.hold.busy, Duration::from_millis(10));
+        assert_eq!(end.hold.busy(), Duration::from_millis(10));
         assert_eq!(end.hold.statements, 0);
-        assert_eq!(end.last_statement, None);
+        assert_eq!(end.last_statement(), None);
         // A loss is reported with the first hold end after it, once.
         activity.writer().lost(at(start, 60), "a test");
         assert_eq!(
-            activity.end_hold(at(start, 70)).observation_lost,
+            activity.end_hold(at(start, 70)).observation_lost(),
             Some("a test")
         );
-        assert_eq!(activity.end_hold(at(start, 80)).observation_lost, None);
+        assert_eq!(activity.end_hold(at(start, 80)).observation_lost(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::connection::{Totals, TransactionState};
+use super::connection::{Counters, EndingDetails, Totals, TransactionState};
 use super::stats::StatsKey;
 use super::ticks::Ticks;
 use crate::outcome::Outcome;
@@ -106,19 +106,28 @@ impl Waiter {
 /// What the holder did on its connection, when the hold ended.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct EndedActivity {
-    pub(crate) hold: Totals,
+    pub(crate) hold: Counters,
     pub(crate) in_flight: u32,
     pub(crate) transaction: TransactionState,
     pub(crate) backend_pid: Option<i32>,
-    /// The hold's last statement, kept only when the ending needs it (a
-    /// call in flight, an open transaction): cloning it at every return
-    /// would cost more than the rest of the record.
-    pub(crate) last_statement: Option<Arc<str>>,
-    /// Where a watched transaction still open at return was begun.
-    pub(crate) transaction_site: Option<&'static Location<'static>>,
-    /// Observation of this connection was lost during the hold (reported
-    /// once per connection): why.
-    pub(crate) observation_lost: Option<&'static str>,
+    /// What only a troubled ending has (`None` for a clean return): boxed
+    /// so that [`Closed`] stays small enough to be moved without a
+    /// `memcpy` call on every return.
+    pub(crate) details: Option<Box<EndingDetails>>,
+}
+
+impl EndedActivity {
+    pub(crate) fn last_statement(&self) -> Option<&str> {
+        self.details.as_ref()?.last_statement.as_deref()
+    }
+
+    pub(crate) fn transaction_site(&self) -> Option<&'static Location<'static>> {
+        self.details.as_ref()?.transaction_site
+    }
+
+    pub(crate) fn observation_lost(&self) -> Option<&'static str> {
+        self.details.as_ref()?.observation_lost
+    }
 }
 
 /// What closing a checkout returns, for the reactions after the lock.

@@ -41,6 +41,7 @@ impl<const N: usize> SeqLock<N> {
     /// A copy of the words as one write left them, or `None` when writes
     /// kept overlapping a few attempts (a writer preempted mid-write):
     /// the caller then takes the writer's mutex instead of spinning.
+    #[inline]
     pub(crate) fn try_read(&self) -> Option<[u64; N]> {
         for _ in 0..4 {
             let before = self.sequence.load(Ordering::Acquire);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use slab::Slab;
 
 use super::common::Common;
-use super::connection::ConnectionActivity;
+use super::connection::{ConnectionActivity, HoldEnd};
 use super::records::TransactionEnded;
 use super::records::{Checkout, Closed, EndedActivity, HeldActivity, Holder, TaskId, Waiter};
 use super::stats::{SiteDelta, StatsKey, TransactionEnding};
@@ -194,10 +194,12 @@ impl ConnectionCache {
         self.slots.get(slot as usize)?.as_ref()?.activity.as_ref()
     }
 
-    fn release(&mut self, slot: u32) {
-        if let Some(Some(cached)) = self.slots.get_mut(slot as usize) {
-            cached.users = cached.users.saturating_sub(1);
-        }
+    /// A checkout on `slot` ended at `now`: what its hold did, when the
+    /// connection is observed. One lookup for both.
+    fn end_hold(&mut self, slot: u32, now: Ticks) -> Option<HoldEnd> {
+        let cached = self.slots.get_mut(slot as usize)?.as_mut()?;
+        cached.users = cached.users.saturating_sub(1);
+        cached.activity.as_ref().map(|a| a.end_hold(now))
     }
 }
 
@@ -399,14 +401,14 @@ impl ShardState {
     pub(crate) fn close(&mut self, key: usize, outcome: Outcome, now: Ticks) -> Option<Closed> {
         let entry = self.outstanding.try_remove(key)?;
         let acquired = std::mem::replace(&mut self.acquired[key], Ticks::NEVER);
-        let held = acquired.until(now);
+        let held_ns = acquired.nanos_until(now);
         // A checkout made while already unwinding is not a hold the panic
         // dropped.
         let outcome = match outcome {
             Outcome::DroppedWhilePanicking if entry.opened_while_panicking => Outcome::Returned,
             outcome => outcome,
         };
-        let in_tick = acquired.max(self.drained_at).until(now);
+        let in_tick_ns = acquired.max(self.drained_at).nanos_until(now);
         let mut ended = self.end_activity(&entry, now);
         if !self.transactions.is_empty() {
             // A watched transaction still open at return (leaked): its
@@ -414,24 +416,25 @@ impl ShardState {
             if let Some(open) = self.transactions.iter().position(|t| t.key == key) {
                 let open = self.transactions.swap_remove(open);
                 if let Some((_, activity)) = &mut ended {
-                    activity.transaction_site = Some(open.site);
+                    activity.details.get_or_insert_default().transaction_site = Some(open.site);
                 }
             }
         }
         let origin = self.origins[entry.origin as usize];
         let delta = self.delta(entry.origin);
-        delta.record_close(held, outcome);
+        delta.record_close(held_ns, outcome);
         // Read in place: the activity record is moved once, into `Closed`.
         let poisoned = match &ended {
             Some((tick, activity)) => {
-                delta
-                    .usage
-                    .add_hold(in_tick, Some((tick.busy, tick.idle_in_transaction)));
+                delta.add_closed_hold(
+                    in_tick_ns,
+                    Some((tick.busy_ns, tick.idle_in_transaction_ns)),
+                );
+                let hold = &activity.hold;
+                delta.add_database_time(hold.busy_ns, hold.idle_in_transaction_ns);
                 let db = &mut delta.counts.database;
                 db.observed_holds += 1;
-                db.busy_total += activity.hold.busy;
-                db.idle_in_transaction_total += activity.hold.idle_in_transaction;
-                db.statements += activity.hold.statements;
+                db.statements += hold.statements;
                 let in_flight = activity.in_flight > 0;
                 let open = activity.transaction.is_open();
                 db.in_flight_at_return += u64::from(in_flight);
@@ -439,7 +442,7 @@ impl ShardState {
                 in_flight || open
             }
             None => {
-                delta.usage.add_hold(in_tick, None);
+                delta.add_closed_hold(in_tick_ns, None);
                 false
             }
         };
@@ -449,7 +452,7 @@ impl ShardState {
             location: origin.location,
             span: origin.span(entry.span_id),
             outcome,
-            held,
+            held: Duration::from_nanos(held_ns),
             activity: ended.map(|(_, activity)| activity),
             poisoned,
             #[cfg(feature = "leak-report")]
@@ -465,16 +468,11 @@ impl ShardState {
         &mut self,
         entry: &Outstanding,
         now: Ticks,
-    ) -> Option<(super::connection::Totals, EndedActivity)> {
+    ) -> Option<(super::connection::Counters, EndedActivity)> {
         if entry.connection == NO_CONNECTION {
             return None;
         }
-        let end = self
-            .connections
-            .activity(entry.connection)
-            .map(|a| a.end_hold(now));
-        self.connections.release(entry.connection);
-        let end = end?;
+        let end = self.connections.end_hold(entry.connection, now)?;
         Some((
             end.tick,
             EndedActivity {
@@ -482,9 +480,7 @@ impl ShardState {
                 in_flight: end.in_flight,
                 transaction: end.transaction,
                 backend_pid: end.backend_pid,
-                last_statement: end.last_statement,
-                transaction_site: None,
-                observation_lost: end.observation_lost,
+                details: end.details,
             },
         ))
     }
@@ -642,6 +638,9 @@ impl ShardState {
         }
         std::mem::swap(&mut self.deltas, &mut spare);
         let mut touched = std::mem::take(&mut self.touched);
+        for &origin in &touched {
+            spare[origin as usize].settle();
+        }
         let since = self.drained_at;
         let mut touch = |spare: &mut Vec<SiteDelta>, origin: u32| {
             let delta = &mut spare[origin as usize];

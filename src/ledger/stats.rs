@@ -35,6 +35,17 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
         .as_secs()
         .saturating_mul(1_000_000)
         .saturating_add(u64::from(d.subsec_micros()));
+    record_micros(h, micros);
+}
+
+/// [`record`] of a duration in nanoseconds.
+#[inline]
+fn record_nanos(h: &mut Histogram<u64>, nanos: u64) {
+    record_micros(h, nanos / 1_000);
+}
+
+#[inline]
+fn record_micros(h: &mut Histogram<u64>, micros: u64) {
     if h.record(micros).is_err() {
         h.saturating_record(micros);
     }
@@ -239,6 +250,22 @@ impl Distributions {
     }
 }
 
+/// What the returns of one origin added up since the last drain, in
+/// nanoseconds: a return adds integers here where `Duration` arithmetic
+/// would normalize (a division) at every step. [`SiteDelta::settle`] moves
+/// them into the delta's `counts` and `usage` before anything reads those.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Unsettled {
+    hold_total: u64,
+    longest_hold: u64,
+    held: u64,
+    busy: u64,
+    idle_in_transaction: u64,
+    unobserved: u64,
+    database_busy: u64,
+    database_idle_in_transaction: u64,
+}
+
 /// What one shard recorded for one origin since the last drain. The hot
 /// path writes here; a drain swaps the whole vector out.
 #[derive(Clone, Debug)]
@@ -252,6 +279,8 @@ pub(crate) struct SiteDelta {
     /// tick, for their part inside the tick.
     pub(crate) usage: Usage,
     pub(crate) dist: Distributions,
+    /// The returns' sums not yet in `counts` and `usage`.
+    unsettled: Unsettled,
 }
 
 impl SiteDelta {
@@ -262,6 +291,7 @@ impl SiteDelta {
             counts: Counts::default(),
             usage: Usage::default(),
             dist: Distributions::default(),
+            unsettled: Unsettled::default(),
         }
     }
 
@@ -271,7 +301,28 @@ impl SiteDelta {
             self.counts = Counts::default();
             self.usage = Usage::default();
             self.dist.reset();
+            self.unsettled = Unsettled::default();
         }
+    }
+
+    /// Moves the returns' nanosecond sums into `counts` and `usage`: done
+    /// by the drain, so every reader of a delta sees them there.
+    pub(crate) fn settle(&mut self) {
+        let sums = std::mem::take(&mut self.unsettled);
+        if sums == Unsettled::default() {
+            return;
+        }
+        let d = Duration::from_nanos;
+        let counts = &mut self.counts;
+        counts.hold_total += d(sums.hold_total);
+        counts.longest_hold = counts.longest_hold.max(d(sums.longest_hold));
+        counts.database.busy_total += d(sums.database_busy);
+        counts.database.idle_in_transaction_total += d(sums.database_idle_in_transaction);
+        let usage = &mut self.usage;
+        usage.held += d(sums.held);
+        usage.busy += d(sums.busy);
+        usage.idle_in_transaction += d(sums.idle_in_transaction);
+        usage.unobserved += d(sums.unobserved);
     }
 
     #[inline]
@@ -316,16 +367,44 @@ impl SiteDelta {
         self.counts.nested += 1;
     }
 
+    /// A hold of `held_ns` ended with `outcome`.
     #[inline]
-    pub(crate) fn record_close(&mut self, held: Duration, outcome: Outcome) {
+    pub(crate) fn record_close(&mut self, held_ns: u64, outcome: Outcome) {
         self.touched = true;
         self.counts.outcomes.add(outcome);
         self.counts.holds += 1;
-        self.counts.hold_total += held;
-        if held > self.counts.longest_hold {
-            self.counts.longest_hold = held;
+        let sums = &mut self.unsettled;
+        sums.hold_total = sums.hold_total.saturating_add(held_ns);
+        sums.longest_hold = sums.longest_hold.max(held_ns);
+        record_nanos(&mut self.dist.hold, held_ns);
+    }
+
+    /// The part inside this tick (`in_tick_ns`) of a hold that ended, and
+    /// what its connection did in that part when observed (busy and idle in
+    /// transaction), clamped like [`Usage::add_hold`].
+    #[inline]
+    pub(crate) fn add_closed_hold(&mut self, in_tick_ns: u64, observed: Option<(u64, u64)>) {
+        let sums = &mut self.unsettled;
+        sums.held = sums.held.saturating_add(in_tick_ns);
+        match observed {
+            Some((busy, idle)) => {
+                let busy = busy.min(in_tick_ns);
+                sums.busy = sums.busy.saturating_add(busy);
+                let idle = idle.min(in_tick_ns - busy);
+                sums.idle_in_transaction = sums.idle_in_transaction.saturating_add(idle);
+            }
+            None => sums.unobserved = sums.unobserved.saturating_add(in_tick_ns),
         }
-        record(&mut self.dist.hold, held);
+    }
+
+    /// What an observed hold did in the database, in nanoseconds.
+    #[inline]
+    pub(crate) fn add_database_time(&mut self, busy_ns: u64, idle_in_transaction_ns: u64) {
+        let sums = &mut self.unsettled;
+        sums.database_busy = sums.database_busy.saturating_add(busy_ns);
+        sums.database_idle_in_transaction = sums
+            .database_idle_in_transaction
+            .saturating_add(idle_in_transaction_ns);
     }
 
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
