@@ -66,11 +66,16 @@ impl Ledger {
             connection: None,
             panicking: std::thread::panicking(),
         });
-        let (closed, _keep_alive) =
-            handle.close(key, crate::outcome::Outcome::Returned, Ticks::now());
-        if let Some(closed) = &closed {
-            handle.attached.closed(closed, Disposal::Returned);
-        }
+        handle.close(
+            key,
+            crate::outcome::Outcome::Returned,
+            Ticks::now(),
+            |closed| {
+                if let Some(closed) = closed {
+                    handle.attached.closed(closed, Disposal::Returned);
+                }
+            },
+        );
     }
 
     /// Checkouts outstanding in the ledger.

@@ -158,30 +158,32 @@ impl<M: Manager> Drop for Guard<M> {
         } else {
             Outcome::Returned
         };
-        // `_keep_alive`: the shard stays reachable until the reactions
-        // below are done, even if its pool is gone.
-        let (closed, _keep_alive) = shard.close(key, outcome, Ticks::now());
-        let observer = &shard.attached;
-        // Return the connection before reporting, so a slow subscriber does
-        // not lengthen the hold. One the next caller must not get (a call
-        // still running on it, an open transaction nobody rolls back) is
-        // detached and closed instead.
-        let evict = closed.as_ref().is_some_and(|c| observer.evicts(c));
-        if evict {
-            if let Some(object) = self.object.take() {
-                drop(Object::take(object));
-            }
-        } else {
-            self.object = None; // dropped in place, not moved out first
-        }
-        if let Some(closed) = &closed {
-            let disposal = if evict {
-                Disposal::Evicted
+        let object = &mut self.object;
+        // The shard stays reachable until the reaction is done, even if
+        // its pool is gone.
+        shard.close(key, outcome, Ticks::now(), |closed| {
+            let observer = &shard.attached;
+            // Return the connection before reporting, so a slow subscriber
+            // does not lengthen the hold. One the next caller must not get (a
+            // call still running on it, an open transaction nobody rolls
+            // back) is detached and closed instead.
+            let evict = closed.is_some_and(|c| observer.evicts(c));
+            if evict {
+                if let Some(object) = object.take() {
+                    drop(Object::take(object));
+                }
             } else {
-                Disposal::Returned
-            };
-            observer.closed(closed, disposal);
-        }
+                *object = None; // dropped in place, not moved out first
+            }
+            if let Some(closed) = closed {
+                let disposal = if evict {
+                    Disposal::Evicted
+                } else {
+                    Disposal::Returned
+                };
+                observer.closed(closed, disposal);
+            }
+        });
     }
 }
 

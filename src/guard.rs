@@ -47,10 +47,11 @@ impl Record {
     /// Closes the record with `outcome` (the connection is the caller's
     /// now) and reacts to it.
     fn finish(&self, outcome: Outcome) {
-        let (closed, _keep_alive) = self.shard.close(self.key, outcome, Ticks::now());
-        if let Some(closed) = &closed {
-            self.shard.attached.closed(closed, Disposal::KeptByCaller);
-        }
+        self.shard.close(self.key, outcome, Ticks::now(), |closed| {
+            if let Some(closed) = closed {
+                self.shard.attached.closed(closed, Disposal::KeptByCaller);
+            }
+        });
     }
 }
 

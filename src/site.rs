@@ -116,6 +116,7 @@ pub(crate) struct SpanRef {
 
 impl SpanRef {
     /// The span the current thread is in, if any.
+    #[inline]
     pub(crate) fn current() -> Option<SpanRef> {
         tracing::dispatcher::get_default(|dispatch| {
             dispatch

@@ -182,6 +182,7 @@ struct Mark {
 }
 
 impl Mark {
+    #[inline]
     fn load(&self) -> Counters {
         Counters {
             busy_ns: self.busy_ns.load(Ordering::Relaxed),
@@ -190,6 +191,7 @@ impl Mark {
         }
     }
 
+    #[inline]
     fn store(&self, counters: Counters) {
         self.busy_ns.store(counters.busy_ns, Ordering::Relaxed);
         self.idle_in_transaction_ns
@@ -516,6 +518,7 @@ impl ConnectionActivity {
     /// its state now. The next hold counts from here. Reads the published
     /// copy, without the lock, unless the connection is poisoned (its last
     /// statement is wanted) or a loss is still to be reported.
+    #[inline]
     pub(crate) fn end_hold(&self, now: Ticks) -> HoldEnd {
         let Some(published) = self.published.try_read().map(Published) else {
             return self.end_hold_locked(now);
@@ -565,6 +568,7 @@ impl ConnectionActivity {
     /// The end of a hold whose connection's `totals` are these now: the
     /// hold's and the tick's part of them (the marks move to `totals`
     /// once the caller keeps this end).
+    #[inline]
     fn hold_end(
         &self,
         totals: Counters,
@@ -583,6 +587,7 @@ impl ConnectionActivity {
     }
 
     /// The next hold and tick count from `totals`.
+    #[inline]
     fn move_marks(&self, totals: Counters) {
         self.hold_mark.store(totals);
         self.tick_mark.store(totals);

@@ -85,21 +85,15 @@ pub(crate) struct Shard<A> {
     pub(crate) attached: A,
 }
 
-/// The shard's own reference, handed out with the close of the last
-/// record of an abandoned shard: the closer keeps the shard alive with it
-/// until it is done reacting, then drops it.
-#[must_use = "the shard may be freed when this is dropped: keep it until done with the shard"]
-pub(crate) struct KeepAlive<A>(#[allow(dead_code)] Option<Arc<Shard<A>>>);
-
 /// A guard's handle on the shard that holds its record: a pointer, so the
 /// checkout and the return touch no reference count (an `Arc` clone and
 /// drop were two atomic read-modify-writes on every checkout).
 ///
 /// Valid while the record it was made for is open: a shard keeps itself
 /// alive (`Shard::keep_alive`) until its ledger is gone *and* no record is
-/// open, and the close of the last one hands the caller that reference
-/// ([`KeepAlive`]). So a holder must not use it after closing its record,
-/// except through the `KeepAlive` the close returned.
+/// open, and the close of the last one keeps that reference until the
+/// closer's reaction returns ([`Shard::close`]). So a holder must not use
+/// it after closing its record, except inside that reaction.
 pub(crate) struct ShardRef<A>(NonNull<Shard<A>>);
 
 // SAFETY: a `ShardRef` is a shared reference to a `Shard`, valid for as
@@ -140,16 +134,21 @@ impl<A> Shard<A> {
         (ShardRef(NonNull::from(&**self)), key, id, rank)
     }
 
-    /// Closes record `key`. With it, when it was the last record of a
-    /// shard whose ledger is gone, the shard's own reference: keep it
-    /// while still using the shard.
+    /// Closes record `key` and hands what closing returned to `react`,
+    /// after the lock. The shard stays alive until `react` returns, even
+    /// when this was the last record of a shard whose ledger is gone (the
+    /// close then takes the shard's own reference and drops it last).
+    ///
+    /// `react` reads the record where the close built it: moving it out
+    /// of the lock's scope cost a store-forwarding stall on every return.
     #[inline]
-    pub(crate) fn close(
+    pub(crate) fn close<R>(
         &self,
         key: usize,
         outcome: Outcome,
         now: Ticks,
-    ) -> (Option<Closed>, KeepAlive<A>) {
+        react: impl FnOnce(Option<&Closed>) -> R,
+    ) -> R {
         let mut state = self.state.lock();
         let closed = state.close(key, outcome, now);
         let last = self.abandoned.load(Ordering::Relaxed) && state.outstanding_count() == 0;
@@ -159,7 +158,9 @@ impl<A> Shard<A> {
         } else {
             None
         };
-        (closed, KeepAlive(keep_alive))
+        let reacted = react(closed.as_ref());
+        drop(keep_alive);
+        reacted
     }
 
     /// The ledger is going away: the shard frees itself now if no record
@@ -581,15 +582,14 @@ mod tests {
         let attachment = Arc::new(());
         let ledger = ledger(&attachment);
         let (handle, key, _, _) = ledger.local_shard().open_held(checkout());
-        let (closed, keep_alive) = handle.close(key, Outcome::Returned, Ticks::now());
-        assert!(closed.is_some());
-        assert!(keep_alive.0.is_none(), "the ledger still holds the shard");
+        let closed = handle.close(key, Outcome::Returned, Ticks::now(), |c| c.is_some());
+        assert!(closed);
         drop(ledger);
         assert_eq!(Arc::strong_count(&attachment), 1, "a shard leaked");
     }
 
     /// A record open when its ledger goes keeps its shard alive until it
-    /// closes, and the close hands over the last reference.
+    /// closes, and the last close keeps it through its reaction.
     #[test]
     fn an_open_record_outlives_its_ledger() {
         let attachment = Arc::new(());
@@ -600,20 +600,16 @@ mod tests {
         drop(ledger);
         // The other shards went; this one stays for its records.
         assert_eq!(Arc::strong_count(&attachment), 2, "of {shards} shards");
-        let (closed, keep_alive) = first.close(first_key, Outcome::Returned, Ticks::now());
-        assert!(
-            closed.is_some() && keep_alive.0.is_none(),
-            "a record is still open"
-        );
-        let (closed, keep_alive) = second.close(second_key, Outcome::Returned, Ticks::now());
-        assert!(closed.is_some());
-        // Still usable until the last reference goes.
-        assert_eq!(second.attached.as_ref(), &());
-        assert!(
-            keep_alive.0.is_some(),
-            "the last close takes the shard's reference"
-        );
-        drop(keep_alive);
+        let closed = first.close(first_key, Outcome::Returned, Ticks::now(), |c| c.is_some());
+        assert!(closed);
+        assert_eq!(Arc::strong_count(&attachment), 2, "a record is still open");
+        let alive_while_reacting = second.close(second_key, Outcome::Returned, Ticks::now(), |c| {
+            assert!(c.is_some());
+            // Still usable until the reaction returns.
+            assert_eq!(second.attached.as_ref(), &());
+            Arc::strong_count(&attachment)
+        });
+        assert_eq!(alive_while_reacting, 2, "the last close keeps the shard");
         assert_eq!(Arc::strong_count(&attachment), 1, "the shard leaked");
     }
 }

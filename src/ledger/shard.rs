@@ -138,6 +138,7 @@ struct Cached {
 
 impl ConnectionCache {
     /// The slot of connection `key` for a new checkout on it.
+    #[inline]
     fn checkout(&mut self, key: usize, common: &Common) -> u32 {
         let slot = match self.by_key.get(&key) {
             Some(&slot) => slot,
@@ -196,6 +197,7 @@ impl ConnectionCache {
 
     /// A checkout on `slot` ended at `now`: what its hold did, when the
     /// connection is observed. One lookup for both.
+    #[inline]
     fn end_hold(&mut self, slot: u32, now: Ticks) -> Option<HoldEnd> {
         let cached = self.slots.get_mut(slot as usize)?.as_mut()?;
         cached.users = cached.users.saturating_sub(1);
@@ -464,6 +466,7 @@ impl ShardState {
 
     /// Ends the hold on the entry's connection: the tick's part and what
     /// the hold did.
+    #[inline]
     fn end_activity(
         &mut self,
         entry: &Outstanding,
