@@ -428,3 +428,56 @@ impl SiteDelta {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> StatsKey {
+        StatsKey {
+            site: CallSite::OVERFLOW,
+            span: None,
+        }
+    }
+
+    /// What returns add up in nanoseconds comes out of `settle` as the
+    /// Durations readers see, clamped as `Usage::add_hold` clamps.
+    #[test]
+    fn returns_settle_into_counts_and_usage() {
+        let mut delta = SiteDelta::new(key());
+        let ms = |n: u64| n * 1_000_000;
+        delta.record_close(ms(30), Outcome::Returned);
+        delta.add_closed_hold(ms(30), Some((ms(10), ms(5))));
+        delta.add_database_time(ms(10), ms(5));
+        delta.record_close(ms(50), Outcome::Returned);
+        // The readings of two clocks disagree by a hair: clamped to the hold.
+        delta.add_closed_hold(ms(20), Some((ms(25), ms(3))));
+        delta.add_database_time(ms(25), ms(3));
+        delta.record_close(ms(7), Outcome::Returned);
+        delta.add_closed_hold(ms(7), None);
+        delta.settle();
+
+        let d = Duration::from_millis;
+        assert_eq!(delta.counts.holds, 3);
+        assert_eq!(delta.counts.hold_total, d(87));
+        assert_eq!(delta.counts.longest_hold, d(50));
+        assert_eq!(delta.counts.database.busy_total, d(35));
+        assert_eq!(delta.counts.database.idle_in_transaction_total, d(8));
+        let mut expected = Usage::default();
+        expected.add_hold(d(30), Some((d(10), d(5))));
+        expected.add_hold(d(20), Some((d(25), d(3))));
+        expected.add_hold(d(7), None);
+        assert_eq!(delta.usage, expected);
+        assert_eq!(delta.dist.hold.len(), 3);
+        let hold = &delta.dist.hold;
+        assert!(hold.equivalent(hold.max(), 50_000), "in microseconds");
+
+        // Settling again adds nothing; a reset forgets the sums too.
+        delta.settle();
+        assert_eq!(delta.counts.hold_total, d(87));
+        delta.record_close(ms(1), Outcome::Returned);
+        delta.reset();
+        delta.settle();
+        assert_eq!(delta.counts.hold_total, Duration::ZERO);
+    }
+}
