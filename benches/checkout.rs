@@ -24,6 +24,10 @@
 //! of issue 14 (checkout+return at most 1.3x plain deadpool, median of the
 //! per-round ratios) marked PASS or FAIL.
 //!
+//! With `BENCH_SUBSCRIBER=fmt` the paired rounds run as a service does: a
+//! `tracing_subscriber::fmt()` subscriber installed and the rounds inside
+//! a request span, which poolwatch reads at every checkout.
+//!
 //! ```sh
 //! cargo bench --bench checkout -- --warm-up-time 1 --measurement-time 3
 //! cargo bench --features leak-report --bench checkout -- --warm-up-time 1 --measurement-time 3
@@ -194,6 +198,16 @@ fn paired(_: &mut Criterion) {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
+    // `BENCH_SUBSCRIBER=fmt`: as a service runs, with a `fmt` subscriber
+    // installed and the rounds inside a request span (poolwatch then
+    // reads the span at every checkout; plain deadpool does not).
+    if std::env::var("BENCH_SUBSCRIBER").is_ok_and(|v| v == "fmt") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,checkout=info"))
+            .init();
+    }
+    let request = tracing::info_span!("request");
+    let _in_request = request.enter();
     let single = current_thread_runtime();
     let multi = two_thread_runtime();
     let raw = config::raw_pool(4);
