@@ -92,7 +92,7 @@ pub(crate) struct Shard<A> {
 /// Valid while the record it was made for is open: a shard keeps itself
 /// alive (`Shard::keep_alive`) until its ledger is gone *and* no record is
 /// open, and the close of the last one keeps that reference until the
-/// closer's reaction returns ([`Shard::close`]). So a holder must not use
+/// closer's reaction returns ([`ShardRef::close`]). So a holder must not use
 /// it after closing its record, except inside that reaction.
 pub(crate) struct ShardRef<A>(NonNull<Shard<A>>);
 
@@ -111,6 +111,27 @@ impl<A> std::ops::Deref for ShardRef<A> {
         // SAFETY: the shard is alive while the holder's record is open
         // (see the type's docs), and holders deref only then.
         unsafe { self.0.as_ref() }
+    }
+}
+
+impl<A> ShardRef<A> {
+    /// Closes record `key` and hands what closing returned to `react`,
+    /// after the lock. The shard stays alive until `react` returns, even
+    /// when this was the last record of a shard whose ledger is gone: the
+    /// close then takes the shard's own reference and drops it last, here,
+    /// where no reference to the shard is live (freeing it under a `&self`
+    /// of its own would be undefined behaviour).
+    #[inline]
+    pub(crate) fn close<R>(
+        &self,
+        key: usize,
+        outcome: Outcome,
+        now: Ticks,
+        react: impl FnOnce(Option<&Closed>) -> R,
+    ) -> R {
+        let (reacted, keep_alive) = (**self).close_keeping(key, outcome, now, react);
+        drop(keep_alive);
+        reacted
     }
 }
 
@@ -135,20 +156,20 @@ impl<A> Shard<A> {
     }
 
     /// Closes record `key` and hands what closing returned to `react`,
-    /// after the lock. The shard stays alive until `react` returns, even
-    /// when this was the last record of a shard whose ledger is gone (the
-    /// close then takes the shard's own reference and drops it last).
+    /// after the lock. With `react`'s result, when this was the last
+    /// record of a shard whose ledger is gone, the shard's own reference:
+    /// [`ShardRef::close`] drops it once no `&Shard` is live.
     ///
     /// `react` reads the record where the close built it: moving it out
     /// of the lock's scope cost a store-forwarding stall on every return.
     #[inline]
-    pub(crate) fn close<R>(
+    fn close_keeping<R>(
         &self,
         key: usize,
         outcome: Outcome,
         now: Ticks,
         react: impl FnOnce(Option<&Closed>) -> R,
-    ) -> R {
+    ) -> (R, Option<Arc<Self>>) {
         let mut state = self.state.lock();
         let closed = state.close(key, outcome, now);
         let last = self.abandoned.load(Ordering::Relaxed) && state.outstanding_count() == 0;
@@ -158,9 +179,7 @@ impl<A> Shard<A> {
         } else {
             None
         };
-        let reacted = react(closed.as_ref());
-        drop(keep_alive);
-        reacted
+        (react(closed.as_ref()), keep_alive)
     }
 
     /// The ledger is going away: the shard frees itself now if no record
