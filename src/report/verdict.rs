@@ -27,6 +27,11 @@ const CULPRIT_SHARE: f64 = 0.10;
 /// least this share of what it held, and at least [`MIN_NOT_DB`].
 const NOT_DB_SHARE: f64 = 0.25;
 const MIN_NOT_DB: Duration = Duration::from_millis(50);
+/// ... and, unless one of its holds reached the threshold, at least this
+/// much per checkout: a burst of short holds adds up to seconds of
+/// scheduling delay between a call's answer and the guard's drop, which
+/// is no work held across.
+const MIN_NOT_DB_PER_CHECKOUT: Duration = Duration::from_millis(5);
 /// Offered load, as a share of the pool's size, that counts as growth.
 const LOAD_SHARE: f64 = 0.8;
 /// Busy share of a party's held time that makes it "busy in the database".
@@ -634,9 +639,13 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
         }
         if p.observed() {
             let not_db = p.usage.not_database_work();
+            let reached_threshold = p.counts.longest_hold >= ctx.threshold;
+            let per_checkout =
+                not_db / u32::try_from(p.counts.checkouts.max(1)).unwrap_or(u32::MAX);
             not_db >= MIN_NOT_DB
                 && not_db.as_secs_f64() >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
-                && (period.saturated || p.counts.longest_hold >= ctx.threshold)
+                && (reached_threshold || per_checkout >= MIN_NOT_DB_PER_CHECKOUT)
+                && (period.saturated || reached_threshold)
         } else {
             p.counts.longest_hold >= ctx.threshold
         }
@@ -1016,6 +1025,26 @@ mod tests {
         let verdicts = diagnose(&p, &ctx());
         assert_eq!(kinds(&verdicts), vec![VerdictKind::ConcurrencyGrowth]);
         assert_eq!(verdicts[0].evidence[0].subject, "pool");
+    }
+
+    /// The quickstart's burst on a busy host: 300 holds of ~1.7 ms, 29 %
+    /// of it between a call's answer and the guard's drop. That adds up
+    /// past the not-database floor, but no hold carries work: growth.
+    #[test]
+    fn a_burst_of_short_holds_with_scheduling_gaps_is_growth_not_a_long_hold() {
+        let mut burst = party(10, 515, 366, 0, 9);
+        burst.counts.checkouts = 300;
+        burst.counts.holds = 300;
+        let p = period(vec![burst, waiter(10, 900)], true, 94.0);
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::ConcurrencyGrowth]);
+        // The same time outside calls in 10 holds is 15 ms a hold: work.
+        let p = period(
+            vec![party(10, 515, 366, 0, 60), waiter(30, 900)],
+            true,
+            94.0,
+        );
+        assert_eq!(kinds(&diagnose(&p, &ctx())), vec![VerdictKind::LongHold]);
     }
 
     #[test]
