@@ -285,6 +285,7 @@ impl Archive {
             let open = self.open.pairs.entry(key).or_default();
             open.0.merge(&delta.counts);
             open.1.merge(&delta.usage);
+            open.1.checkouts += delta.counts.checkouts;
             delta.reset();
         }
         self.spares[index] = drained.deltas;
@@ -862,5 +863,10 @@ mod tests {
             Duration::from_millis(300)
         );
         assert_eq!(view.pairs[&key(1)].usage.held, Duration::from_millis(330));
+        // The saturated time's checkouts are its tick's one, not the
+        // window's four: a share per checkout of it is taken over one.
+        assert_eq!(view.pairs[&key(1)].counts.checkouts, 4);
+        assert_eq!(view.pairs[&key(1)].usage.checkouts, 4);
+        assert_eq!(view.pairs[&key(1)].saturated.checkouts, 1);
     }
 }

@@ -170,6 +170,10 @@ pub(crate) struct Usage {
     pub(crate) unobserved: Duration,
     /// Time callers waited for a connection.
     pub(crate) waited: Duration,
+    /// Checkouts opened in the ticks this covers: a share of this time
+    /// per checkout is taken over these, not over a window's all (whose
+    /// calm checkouts would dilute a saturated usage).
+    pub(crate) checkouts: u64,
 }
 
 impl Usage {
@@ -179,6 +183,7 @@ impl Usage {
         self.idle_in_transaction += other.idle_in_transaction;
         self.unobserved += other.unobserved;
         self.waited += other.waited;
+        self.checkouts += other.checkouts;
     }
 
     /// Held outside any database call and outside a transaction (known

@@ -640,8 +640,9 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
         if p.observed() {
             let not_db = p.usage.not_database_work();
             let reached_threshold = p.counts.longest_hold >= ctx.threshold;
-            let per_checkout =
-                not_db / u32::try_from(p.counts.checkouts.max(1)).unwrap_or(u32::MAX);
+            // Over the checkouts of the time `usage` covers (a window's
+            // saturated ticks, say), not all the period counted.
+            let per_checkout = not_db / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
             not_db >= MIN_NOT_DB
                 && not_db.as_secs_f64() >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
                 && (reached_threshold || per_checkout >= MIN_NOT_DB_PER_CHECKOUT)
@@ -914,6 +915,7 @@ mod tests {
                 held: ms(held),
                 busy: ms(busy),
                 idle_in_transaction: ms(idle),
+                checkouts: 10,
                 ..Usage::default()
             },
         }
@@ -1035,9 +1037,16 @@ mod tests {
         let mut burst = party(10, 515, 366, 0, 9);
         burst.counts.checkouts = 300;
         burst.counts.holds = 300;
-        let p = period(vec![burst, waiter(10, 900)], true, 94.0);
+        burst.usage.checkouts = 300;
+        let p = period(vec![burst.clone(), waiter(10, 900)], true, 94.0);
         let verdicts = diagnose(&p, &ctx());
         assert_eq!(kinds(&verdicts), vec![VerdictKind::ConcurrencyGrowth]);
+        // A window whose saturated time held 10 of its 300 checkouts: 15 ms
+        // a hold outside calls in that time, however many calm ones the
+        // window counted besides.
+        burst.usage.checkouts = 10;
+        let p = period(vec![burst, waiter(30, 900)], true, 94.0);
+        assert_eq!(kinds(&diagnose(&p, &ctx())), vec![VerdictKind::LongHold]);
         // The same time outside calls in 10 holds is 15 ms a hold: work.
         let p = period(
             vec![party(10, 515, 366, 0, 60), waiter(30, 900)],
