@@ -24,7 +24,7 @@ use crate::observe::Disposal;
 use crate::outcome::{AcquireFailure, Outcome};
 use crate::shared::Shared;
 use crate::site::{CallSite, SpanRef};
-use crate::{observe, task};
+use crate::{lag_probe, observe, task};
 
 /// An acquire that had to wait: where its pending record lives.
 #[derive(Clone, Copy, Debug)]
@@ -204,6 +204,11 @@ fn wait_started(shared: &Shared, location: &'static Location<'static>) -> Waitin
     let queued = status.max_size == 0 || callers > status.max_size;
     let shard = shared.ledger.local_shard();
     let key = shard.wait_started(location, span, since, holder.is_some(), queued);
+    if queued {
+        // Queued behind other callers: how fast the runtime turns its
+        // tasks around now matters to how long every hold lasts.
+        lag_probe::start(shared.ledger.lag(), since);
+    }
     if let Some(holder) = holder {
         shared.observer.nested_checkout(
             CallSite::from(location),
@@ -226,6 +231,9 @@ fn served(shared: &Shared, waiting: Waiting, now: Ticks) -> Duration {
     if let Some(shard) = shared.ledger.shard(waiting.shard) {
         shard.wait_ended(waiting.key, now, WaitEnding::Served);
     }
+    // Probed again while callers are served, not only as they start to
+    // queue (a burst queues all at once).
+    lag_probe::start(shared.ledger.lag(), now);
     waiting.since.until(now)
 }
 

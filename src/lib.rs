@@ -94,6 +94,7 @@ pub mod export;
 mod export;
 mod guard;
 mod human;
+mod lag_probe;
 mod ledger;
 mod observe;
 mod outcome;

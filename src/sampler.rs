@@ -66,6 +66,7 @@ impl Shared {
                 waiting: status.waiting,
                 max_size: status.max_size,
                 peak_waiting: 0,
+                lag: Default::default(), // the ledger's own reading
             },
             tick,
         );

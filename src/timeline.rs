@@ -40,6 +40,11 @@ pub struct PressureSample {
     pub waited_ms: f64,
     /// Callers waited, or every connection was in use.
     pub saturated: bool,
+    /// How long a task waited for its turn on the service's runtime
+    /// during the tick, on average, when poolwatch measured it (it does
+    /// while callers queue, with the `tokio` feature): a busy runtime
+    /// stretches every hold by a few such waits.
+    pub runtime_lag_ms: Option<f64>,
 }
 
 impl PressureSample {

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use crate::ledger::{ArchiveView, Holder, Ledger, SnapshotParts, Summary, Ticks, Waiter};
+use crate::ledger::{
+    ArchiveView, Holder, LagReadings, Ledger, SnapshotParts, Summary, Ticks, Waiter,
+};
 use crate::observe::Observer;
 use crate::snapshot::{
     DatabaseStats, LatencySummary, LifetimeTotals, OutstandingGuard, PoolSnapshot, PoolStatus,
@@ -32,6 +34,8 @@ pub(crate) struct PoolView {
     /// The most callers queued at once since the last tick (tracked on
     /// the acquire path, so a burst shorter than a tick is seen).
     pub(crate) open_peak_waiting: usize,
+    /// The runtime's scheduling delay read since the last tick.
+    pub(crate) open_lag: LagReadings,
 }
 
 /// Takes the view: drains the shards into the archive, copies the holders
@@ -44,6 +48,7 @@ pub(crate) fn take<A>(ledger: &Ledger<A>, observer: &Observer) -> PoolView {
     let waiters = ledger.waiters();
     let open_waited = archive.open.values().any(|(_, u)| !u.waited.is_zero());
     let open_peak_waiting = ledger.waiting_peak();
+    let open_lag = ledger.lag().peek(now);
     let open_tick_saturated = open_waited
         || open_peak_waiting > 0
         || waiters.iter().any(|w| w.queued)
@@ -58,6 +63,7 @@ pub(crate) fn take<A>(ledger: &Ledger<A>, observer: &Observer) -> PoolView {
         waiters,
         open_tick_saturated,
         open_peak_waiting,
+        open_lag,
     }
 }
 
@@ -103,6 +109,7 @@ impl PoolView {
                 idle_in_transaction_ms: ms(t.usage.idle_in_transaction),
                 waited_ms: ms(t.usage.waited),
                 saturated: t.saturated,
+                runtime_lag_ms: t.lag.mean().map(ms),
             })
             .collect()
     }

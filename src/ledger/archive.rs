@@ -25,6 +25,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::lag::LagReadings;
 use super::shard::Drained;
 use super::stats::{Counts, Distributions, SiteDelta, StatsKey, Usage};
 use super::ticks::Ticks;
@@ -100,6 +101,8 @@ pub(crate) struct TickRecord {
     pub(crate) checkouts: u64,
     pub(crate) usage: Usage,
     pub(crate) saturated: bool,
+    /// The runtime's scheduling delay read during the tick.
+    pub(crate) lag: LagReadings,
     /// How many of the tick's busiest sites the archive keeps for it (at
     /// most [`SITES_PER_TICK`]), in its timeline's site ring.
     pub(crate) top_sites: u8,
@@ -151,6 +154,8 @@ pub(crate) struct TickStatus {
     pub(crate) waiting: usize,
     pub(crate) max_size: usize,
     pub(crate) peak_waiting: usize,
+    /// The runtime's scheduling delay read during the tick.
+    pub(crate) lag: LagReadings,
 }
 
 pub(crate) struct Archive {
@@ -369,6 +374,7 @@ impl Archive {
             checkouts,
             usage,
             saturated,
+            lag: status.lag,
             top_sites: 0,
             other_sites_held: Duration::ZERO,
         };

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use super::connection::ConnectionActivity;
+use super::lag::LagRecorder;
 use crate::site::CallSite;
 
 /// The database integration's table of connections: how the ledger finds
@@ -95,6 +96,8 @@ pub(crate) struct Common {
     pub(crate) sites: Sites,
     pub(super) directory: OnceLock<Arc<dyn ConnectionDirectory>>,
     pub(crate) waiting: Waiting,
+    /// The runtime's scheduling delay while callers wait.
+    pub(crate) lag: Arc<LagRecorder>,
 }
 
 impl Common {

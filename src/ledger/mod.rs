@@ -20,6 +20,7 @@
 pub(crate) mod archive;
 mod common;
 pub(crate) mod connection;
+mod lag;
 #[cfg(test)]
 mod model;
 mod records;
@@ -46,6 +47,7 @@ pub(crate) use archive::{ArchiveView, Episode, SnapshotParts, Summary, TickRecor
 pub(crate) use common::{Common, ConnectionDirectory, Sites, Waiting};
 #[cfg(feature = "postgres")]
 pub(crate) use connection::ConnectionActivity;
+pub(crate) use lag::{LagReadings, LagRecorder};
 pub(crate) use records::{Checkout, Closed, Holder, TransactionEnded, Waiter};
 use shard::ShardState;
 pub(crate) use shard::WaitEnding;
@@ -338,6 +340,7 @@ impl<A> Ledger<A> {
             },
             directory: OnceLock::new(),
             waiting: Waiting::default(),
+            lag: Arc::default(),
         });
         // One shard per core (a power of two, at most 16) keeps threads
         // apart without multiplying the per-origin deltas needlessly.
@@ -386,6 +389,11 @@ impl<A> Ledger<A> {
 
     pub(crate) fn shard(&self, index: usize) -> Option<&Arc<Shard<A>>> {
         self.shards.get(index)
+    }
+
+    /// Where the runtime's scheduling delay is recorded.
+    pub(crate) fn lag(&self) -> &Arc<LagRecorder> {
+        &self.common.lag
     }
 
     /// Most callers waiting at once since the last tick.
@@ -466,6 +474,7 @@ impl<A> Ledger<A> {
         let mut archive = self.archive.lock();
         self.drain(&mut archive, now);
         status.peak_waiting = status.peak_waiting.max(self.common.waiting.take_peak());
+        status.lag = self.common.lag.take(now);
         archive.close_tick(now, status, tick)
     }
 

@@ -167,6 +167,7 @@ impl Model {
                 },
                 directory: std::sync::OnceLock::new(),
                 waiting: Waiting::default(),
+                lag: Arc::default(),
             },
             shards: (0..shards)
                 .map(|index| ModelShard {

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::ledger::{Counts, Episode, StatsKey, TickRecord, Ticks, Usage};
+use crate::ledger::{Counts, Episode, LagReadings, StatsKey, TickRecord, Ticks, Usage};
 use crate::site::CallSite;
 use crate::view::PoolView;
 
@@ -67,6 +67,9 @@ pub(super) struct Period {
     pub(super) load: Load,
     pub(super) max_size: usize,
     pub(super) peak_waiting: usize,
+    /// The runtime's scheduling delay read during it (saturated ticks
+    /// when saturated): how long a task waited for its turn.
+    pub(super) runtime_lag: LagReadings,
 }
 
 impl Period {
@@ -120,11 +123,12 @@ fn load(
     timeline: &[TickRecord],
     from: Ticks,
     to: Option<Ticks>,
-    open: Option<(Usage, Duration, bool)>,
+    open: Option<(Usage, Duration, bool, LagReadings)>,
     saturated_only: bool,
-) -> (Load, usize) {
+) -> (Load, usize, LagReadings) {
     let mut loads = Vec::new();
     let mut peak_waiting = 0;
+    let mut lag = LagReadings::default();
     for tick in timeline {
         if tick.ended <= from || to.is_some_and(|to| tick.started >= to) {
             continue;
@@ -133,12 +137,14 @@ fn load(
             continue;
         }
         peak_waiting = peak_waiting.max(tick.peak_waiting);
+        lag.merge(&tick.lag);
         let length = tick.started.until(tick.ended);
         loads.push(offered(&tick.usage, length));
     }
-    if let Some((usage, length, saturated)) = open {
+    if let Some((usage, length, saturated, open_lag)) = open {
         if !saturated_only || saturated {
             loads.push(offered(&usage, length));
+            lag.merge(&open_lag);
         }
     }
     let loads: Vec<f64> = loads.into_iter().flatten().collect();
@@ -150,7 +156,7 @@ fn load(
             peak: loads.iter().copied().fold(0.0, f64::max),
         }
     };
-    (load, peak_waiting)
+    (load, peak_waiting, lag)
 }
 
 fn offered(usage: &Usage, length: Duration) -> Option<f64> {
@@ -185,7 +191,12 @@ pub(super) fn now(view: &PoolView) -> Period {
         .open
         .iter()
         .map(|(key, (counts, usage))| (*key, *counts, *usage));
-    let open = Some((open_usage, open_length, view.open_tick_saturated));
+    let open = Some((
+        open_usage,
+        open_length,
+        view.open_tick_saturated,
+        view.open_lag,
+    ));
     if let Some(episode) = ongoing {
         let mut pairs: Vec<(StatsKey, Counts, Usage)> = episode
             .pairs
@@ -195,7 +206,8 @@ pub(super) fn now(view: &PoolView) -> Period {
         if view.open_tick_saturated {
             pairs.extend(open_pairs);
         }
-        let (load, peak_waiting) = load(&view.archive.timeline, episode.started, None, open, true);
+        let (load, peak_waiting, runtime_lag) =
+            load(&view.archive.timeline, episode.started, None, open, true);
         return Period {
             span: Span::Ongoing {
                 since: episode.started,
@@ -205,6 +217,7 @@ pub(super) fn now(view: &PoolView) -> Period {
             parties: parties(pairs),
             load,
             max_size,
+            runtime_lag,
             peak_waiting: peak_waiting
                 .max(episode.peak_waiting)
                 .max(view.waiters.len())
@@ -215,7 +228,7 @@ pub(super) fn now(view: &PoolView) -> Period {
         // Saturated since the last tick: an episode starting now (or a
         // burst shorter than a tick).
         let since = view.now.checked_sub(open_length).unwrap_or(view.now);
-        let (load, peak_waiting) = load(&[], since, None, open, true);
+        let (load, peak_waiting, runtime_lag) = load(&[], since, None, open, true);
         return Period {
             span: Span::Ongoing { since },
             saturated: true,
@@ -223,6 +236,7 @@ pub(super) fn now(view: &PoolView) -> Period {
             parties: parties(open_pairs),
             load,
             max_size,
+            runtime_lag,
             peak_waiting: peak_waiting
                 .max(view.waiters.len())
                 .max(view.open_peak_waiting),
@@ -239,7 +253,8 @@ pub(super) fn now(view: &PoolView) -> Period {
             .iter()
             .map(|(key, (counts, usage))| (*key, *counts, *usage))
             .chain(open_pairs);
-        let (load, peak_waiting) = load(&view.archive.timeline, calm.since, None, open, false);
+        let (load, peak_waiting, runtime_lag) =
+            load(&view.archive.timeline, calm.since, None, open, false);
         return Period {
             span: Span::SinceEpisode { since: calm.since },
             saturated: false,
@@ -248,6 +263,7 @@ pub(super) fn now(view: &PoolView) -> Period {
             load,
             max_size,
             peak_waiting,
+            runtime_lag,
         };
     }
     // The whole window. Its saturated time, if it has any, is what the
@@ -268,7 +284,8 @@ pub(super) fn now(view: &PoolView) -> Period {
         .filter(|_| !saturated)
         .map(|(key, (_, usage))| (*key, Counts::default(), *usage));
     let since = view.archive.window_start;
-    let (load, peak_waiting) = load(&view.archive.timeline, since, None, open, saturated);
+    let (load, peak_waiting, runtime_lag) =
+        load(&view.archive.timeline, since, None, open, saturated);
     Period {
         span: Span::Window { since },
         saturated,
@@ -277,6 +294,7 @@ pub(super) fn now(view: &PoolView) -> Period {
         load,
         max_size,
         peak_waiting,
+        runtime_lag,
     }
 }
 
@@ -286,7 +304,7 @@ pub(super) fn episode(view: &PoolView, episode: &Episode) -> Period {
         .pairs
         .iter()
         .map(|(key, (counts, usage))| (*key, *counts, *usage));
-    let (load, peak_waiting) = load(
+    let (load, peak_waiting, runtime_lag) = load(
         &view.archive.timeline,
         episode.started,
         episode.ended,
@@ -303,6 +321,7 @@ pub(super) fn episode(view: &PoolView, episode: &Episode) -> Period {
         duration: episode.started.until(end),
         parties: parties(pairs),
         load,
+        runtime_lag,
         max_size: episode.max_size.max(view.status.max_size),
         peak_waiting: peak_waiting.max(episode.peak_waiting),
     }

@@ -52,8 +52,11 @@
 //! **Long hold** — the culprit holds at least 10 % of the pool's connection
 //! time and at least a quarter of its own hold (and 50 ms) in states that
 //! are not database work: idle in transaction, or outside any call (with
-//! holds past the threshold when nothing saturated). The sentence says
-//! which. Holders busy in the database while the culprit sat idle in a
+//! holds past the threshold when nothing saturated), and, unless one of
+//! its holds reached the threshold, at least 5 ms of it per checkout and
+//! four times the runtime's scheduling delay (a busy runtime makes every
+//! holder wait its turn a few times per hold; see
+//! [`Pressure::peak_runtime_lag_ms`]). The sentence says which. Holders busy in the database while the culprit sat idle in a
 //! transaction are listed as affected (likely blocked on its locks), as
 //! are callers that waited. With no such culprit, holds past the threshold
 //! spent in database calls are the finding (slow statements or lock
@@ -412,6 +415,11 @@ impl Pressure {
                 .iter()
                 .map(PressureSample::offered_load)
                 .fold(0.0, f64::max),
+            peak_runtime_lag_ms: timeline
+                .iter()
+                .filter_map(|s| s.runtime_lag_ms)
+                .chain(view.open_lag.mean().map(|d| d.as_secs_f64() * 1000.0))
+                .reduce(f64::max),
         }
     }
 }

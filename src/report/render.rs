@@ -69,6 +69,12 @@ impl fmt::Display for Report {
             p.peak_waiting,
             p.saturated_share * 100.0
         )?;
+        if let Some(lag) = p.peak_runtime_lag_ms.filter(|&lag| lag >= 1.0) {
+            writeln!(
+                f,
+                "  runtime:  a task waited up to {lag:.1} ms for its turn (mean over a tick) while callers queued: a busy runtime stretches every hold"
+            )?;
+        }
         writeln!(
             f,
             "  load:     {:.1} checkouts/s (peak {:.1}/s), mean hold {:.1} ms; offered load (in use + waiting, measured) peak {:.1} of {}",

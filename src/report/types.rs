@@ -308,6 +308,10 @@ pub struct Pressure {
     /// The highest load offered in one tick (connections in use plus
     /// callers waiting, from measured time).
     pub peak_offered_load: f64,
+    /// The longest a task waited for its turn on the service's runtime,
+    /// on average over a tick ([`PressureSample::runtime_lag_ms`]); `None`
+    /// when it was not measured (no caller queued).
+    pub peak_runtime_lag_ms: Option<f64>,
 }
 
 /// One call site's line in the report (over the window).

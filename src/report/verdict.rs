@@ -32,6 +32,14 @@ const MIN_NOT_DB: Duration = Duration::from_millis(50);
 /// scheduling delay between a call's answer and the guard's drop, which
 /// is no work held across.
 const MIN_NOT_DB_PER_CHECKOUT: Duration = Duration::from_millis(5);
+/// ... and at least this many times the runtime's scheduling delay (a
+/// task's wait for its turn, `ledger::lag`): a hold waits its turn about
+/// this often with nothing of its own to do — to send its statement, to
+/// read the answer (twice when the statement is prepared first), to drop
+/// the guard.
+const TURNS_PER_HOLD: u32 = 4;
+/// A scheduling delay worth telling.
+const NOTABLE_LAG: Duration = Duration::from_millis(1);
 /// Offered load, as a share of the pool's size, that counts as growth.
 const LOAD_SHARE: f64 = 0.8;
 /// Busy share of a party's held time that makes it "busy in the database".
@@ -633,6 +641,14 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
         return None;
     }
     let share = |p: &Party| p.usage.held.as_secs_f64() / total.held.as_secs_f64();
+    // Time outside calls that a busy runtime explains is no work held
+    // across.
+    let per_checkout_floor = period
+        .runtime_lag
+        .mean()
+        .map_or(MIN_NOT_DB_PER_CHECKOUT, |lag| {
+            MIN_NOT_DB_PER_CHECKOUT.max(lag * TURNS_PER_HOLD)
+        });
     let is_culprit = |p: &Party| {
         if leak_sites.contains(&p.site) || share(p) < CULPRIT_SHARE {
             return false;
@@ -645,7 +661,7 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
             let per_checkout = not_db / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
             not_db >= MIN_NOT_DB
                 && not_db.as_secs_f64() >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
-                && (reached_threshold || per_checkout >= MIN_NOT_DB_PER_CHECKOUT)
+                && (reached_threshold || per_checkout >= per_checkout_floor)
                 && (period.saturated || reached_threshold)
         } else {
             p.counts.longest_hold >= ctx.threshold
@@ -775,6 +791,18 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
     })
 }
 
+/// What a busy runtime adds to a verdict: its delay, if notable.
+fn lag_sentence(period: &Period) -> String {
+    match (period.runtime_lag.mean(), period.runtime_lag.max()) {
+        (Some(mean), Some(max)) if mean >= NOTABLE_LAG => format!(
+            "; the runtime is busy: a task waited {} for its turn on average (at most {}), so every hold also waits its turn (CPU-bound or blocking work in the service's tasks)",
+            secs(mean),
+            secs(max)
+        ),
+        _ => String::new(),
+    }
+}
+
 fn concurrency_growth(
     period: &Period,
     ctx: &Context<'_>,
@@ -846,7 +874,7 @@ fn concurrency_growth(
     let mut found = vec![evidence(
         "pool",
         format!(
-            "offered load {:.1} connections on average (peak {:.1}) for a pool of {max_size}{} over {} of saturation: connections in use plus callers waiting, from measured time; holds short (longest {}) with {busy}; {} checkouts, {} waited in all, peak {} waiting",
+            "offered load {:.1} connections on average (peak {:.1}) for a pool of {max_size}{} over {} of saturation: connections in use plus callers waiting, from measured time; holds short (longest {}) with {busy}; {} checkouts, {} waited in all, peak {} waiting{}",
             load.mean,
             load.peak,
             if leaked >= 0.05 {
@@ -858,7 +886,8 @@ fn concurrency_growth(
             secs(longest),
             counts.checkouts,
             secs(total.waited),
-            period.peak_waiting
+            period.peak_waiting,
+            lag_sentence(period),
         ),
     )];
     for p in demand.iter().take(3) {
@@ -888,7 +917,7 @@ fn concurrency_growth(
 mod tests {
     use super::super::facts::{Load, Party, Period, Span};
     use super::*;
-    use crate::ledger::{Counts, Ticks, Usage};
+    use crate::ledger::{Counts, LagReadings, Ticks, Usage};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -940,6 +969,7 @@ mod tests {
             },
             max_size: 4,
             peak_waiting: if saturated { 3 } else { 0 },
+            runtime_lag: LagReadings::default(),
         }
     }
 
