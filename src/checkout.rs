@@ -207,7 +207,11 @@ fn wait_started(shared: &Shared, location: &'static Location<'static>) -> Waitin
     if queued {
         // Queued behind other callers: how fast the runtime turns its
         // tasks around now matters to how long every hold lasts.
-        lag_probe::start(shared.ledger.lag(), since);
+        lag_probe::start(
+            shared.ledger.lag(),
+            || shared.observer.metrics.lag_metric(),
+            since,
+        );
     }
     if let Some(holder) = holder {
         shared.observer.nested_checkout(
@@ -233,7 +237,11 @@ fn served(shared: &Shared, waiting: Waiting, now: Ticks) -> Duration {
     }
     // Probed again while callers are served, not only as they start to
     // queue (a burst queues all at once).
-    lag_probe::start(shared.ledger.lag(), now);
+    lag_probe::start(
+        shared.ledger.lag(),
+        || shared.observer.metrics.lag_metric(),
+        now,
+    );
     waiting.since.until(now)
 }
 

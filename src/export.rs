@@ -22,6 +22,7 @@
 //! | `poolwatch.hold.past_threshold` | counter | holds | |
 //! | `poolwatch.hold.error_paths` | counter | holds | `poolwatch.error_path` = `dropped_while_panicking` \| `rolled_back_by_drop` \| `open_transaction_at_return` \| `in_flight_at_drop` |
 //! | `poolwatch.hold.busy_time` | histogram | seconds | (holds on observed connections) |
+//! | `poolwatch.runtime.lag` | histogram | seconds | (how long a probe task waited for its turn on the service's runtime, measured while callers queue: a busy runtime stretches every hold) |
 //! | `poolwatch.leaks.flagged` | counter | guards | (`leak-report`: guards flagged while held, first flag only) |
 //! | `poolwatch.leaks.returned_after_flagged` | counter | guards | (`leak-report`) |
 //! | `poolwatch.leaks.never_returned` | counter | guards | (`leak-report`: still out at close or drop) |
@@ -199,6 +200,9 @@ pub const ERROR_PATHS: &str = "poolwatch.hold.error_paths";
 pub const ERROR_PATH: &str = "poolwatch.error_path";
 /// Time inside database calls per hold, in seconds.
 pub const BUSY_TIME: &str = "poolwatch.hold.busy_time";
+/// How long a probe task waited for its turn on the service's runtime
+/// (measured while callers queue, with the `tokio` feature), in seconds.
+pub const RUNTIME_LAG: &str = "poolwatch.runtime.lag";
 /// Guards flagged by the watchdog while held.
 pub const LEAKS_FLAGGED: &str = "poolwatch.leaks.flagged";
 /// Flagged guards that came back.
@@ -322,10 +326,10 @@ pub(crate) struct HoldEnded {
 }
 
 #[cfg(feature = "metrics")]
-pub(crate) use real::{ConnectionMetrics, PoolMetrics};
+pub(crate) use real::{ConnectionMetrics, LagMetric, PoolMetrics};
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) use noop::{ConnectionMetrics, PoolMetrics};
+pub(crate) use noop::{ConnectionMetrics, LagMetric, PoolMetrics};
 
 #[cfg(feature = "metrics")]
 mod real {
@@ -413,6 +417,11 @@ mod real {
             Unit::Seconds,
             "Time inside database calls per hold"
         );
+        metrics::describe_histogram!(
+            RUNTIME_LAG,
+            Unit::Seconds,
+            "How long a task waited for its turn on the runtime while callers queued"
+        );
         metrics::describe_counter!(
             LEAKS_FLAGGED,
             Unit::Count,
@@ -470,6 +479,7 @@ mod real {
         endings: [Counter; 4],
         error_paths: [Counter; 4],
         busy_time: Histogram,
+        runtime_lag: Histogram,
         #[cfg_attr(not(feature = "leak-report"), allow(dead_code))] // recorded by the watchdog
         leaks_flagged: Counter,
         returned_after_flagged: Counter,
@@ -516,6 +526,7 @@ mod real {
                     metrics::counter!(ERROR_PATHS, POOL_NAME => name.clone(), ERROR_PATH => kind.as_str())
                 }),
                 busy_time: metrics::histogram!(BUSY_TIME, POOL_NAME => name.clone()),
+                runtime_lag: metrics::histogram!(RUNTIME_LAG, POOL_NAME => name.clone()),
                 leaks_flagged: metrics::counter!(LEAKS_FLAGGED, POOL_NAME => name.clone()),
                 returned_after_flagged: metrics::counter!(RETURNED_AFTER_FLAGGED, POOL_NAME => name.clone()),
                 never_returned: metrics::counter!(NEVER_RETURNED, POOL_NAME => name.clone()),
@@ -557,6 +568,11 @@ mod real {
         }
 
         /// The handles the pool's connections record into.
+        /// The handle the runtime's lag probe records into.
+        pub(crate) fn lag_metric(&self) -> LagMetric {
+            LagMetric(self.runtime_lag.clone())
+        }
+
         pub(crate) fn connection_metrics(&self) -> ConnectionMetrics {
             ConnectionMetrics {
                 create_time: self.create_time.clone(),
@@ -719,6 +735,23 @@ mod real {
         }
     }
 
+    /// What the runtime's lag probe records: each wait for its turn.
+    #[derive(Clone)]
+    pub(crate) struct LagMetric(Histogram);
+
+    impl Default for LagMetric {
+        /// Records nowhere (tests).
+        fn default() -> Self {
+            LagMetric(Histogram::noop())
+        }
+    }
+
+    impl LagMetric {
+        pub(crate) fn record(&self, waited: Duration) {
+            self.0.record(waited.as_secs_f64());
+        }
+    }
+
     /// What a pool's connections record: the time to open one and each
     /// call's duration. Cloned into the connection layer.
     #[derive(Clone)]
@@ -786,6 +819,10 @@ mod noop {
             ConnectionMetrics
         }
         #[inline(always)]
+        pub(crate) fn lag_metric(&self) -> LagMetric {
+            LagMetric
+        }
+        #[inline(always)]
         pub(crate) fn checked_out(
             &self,
             _waited: Duration,
@@ -809,6 +846,16 @@ mod noop {
         #[inline(always)]
         #[allow(dead_code)] // leak-report only
         pub(crate) fn never_returned(&self) {}
+    }
+
+    /// Without the `metrics` feature: records nothing.
+    #[derive(Clone, Debug, Default)]
+    pub(crate) struct LagMetric;
+
+    #[allow(clippy::unused_self)]
+    impl LagMetric {
+        #[inline(always)]
+        pub(crate) fn record(&self, _waited: Duration) {}
     }
 
     /// Without the `metrics` feature: records nothing.

@@ -12,12 +12,13 @@
 
 use std::sync::Arc;
 
+use crate::export::LagMetric;
 use crate::ledger::{LagRecorder, Ticks};
 
 /// Starts a probe if the pool has none in flight (cold path: only
 /// acquires that wait call it).
 #[cfg(feature = "tokio")]
-pub(crate) fn start(lag: &Arc<LagRecorder>, now: Ticks) {
+pub(crate) fn start(lag: &Arc<LagRecorder>, metric: impl FnOnce() -> LagMetric, now: Ticks) {
     if lag.due(now).is_none() {
         return;
     }
@@ -29,6 +30,7 @@ pub(crate) fn start(lag: &Arc<LagRecorder>, now: Ticks) {
     }
     let probe = Probe {
         lag: Arc::clone(lag),
+        metric: metric(),
         spawned: now,
         done: false,
     };
@@ -37,13 +39,14 @@ pub(crate) fn start(lag: &Arc<LagRecorder>, now: Ticks) {
 }
 
 #[cfg(not(feature = "tokio"))]
-pub(crate) fn start(_lag: &Arc<LagRecorder>, _now: Ticks) {}
+pub(crate) fn start(_lag: &Arc<LagRecorder>, _metric: impl FnOnce() -> LagMetric, _now: Ticks) {}
 
 /// The probe's state; dropped unfinished (its runtime shut down first),
 /// it frees the pool's probe slot.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 struct Probe {
     lag: Arc<LagRecorder>,
+    metric: LagMetric,
     spawned: Ticks,
     done: bool,
 }
@@ -60,6 +63,7 @@ impl Probe {
         tokio::task::yield_now().await;
         let waited = first_turn.until(queued).max(queued.until(Ticks::now()));
         self.lag.finish(self.spawned, waited);
+        self.metric.record(waited);
         self.done = true;
     }
 }
@@ -123,7 +127,7 @@ mod tests {
             })
             .collect();
         // Queued behind them; its next turn comes after a slice of each.
-        start(&lag, Ticks::now());
+        start(&lag, LagMetric::default, Ticks::now());
         for task in busy {
             task.await.unwrap();
         }
@@ -137,7 +141,7 @@ mod tests {
     async fn an_idle_runtime_reads_as_no_lag() {
         Ticks::init();
         let lag = Arc::new(LagRecorder::default());
-        start(&lag, Ticks::now());
+        start(&lag, LagMetric::default, Ticks::now());
         tokio::time::sleep(Duration::from_millis(20)).await;
         let readings = lag.take(Ticks::now());
         assert!(readings.mean().expect("the probe ran") < Duration::from_millis(5));
@@ -148,7 +152,7 @@ mod tests {
     fn outside_a_runtime_nothing_starts() {
         Ticks::init();
         let lag = Arc::new(LagRecorder::default());
-        start(&lag, Ticks::now());
+        start(&lag, LagMetric::default, Ticks::now());
         assert!(lag.try_start(Ticks::now()), "the slot is still free");
     }
 }

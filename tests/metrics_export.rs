@@ -629,3 +629,47 @@ async fn waiters_cancelled_and_nested_are_measured() {
     assert_eq!(counter(find(&m, export::ACQUIRES_CANCELLED, None)), 4);
     assert_eq!(counter(find(&m, export::NESTED_CHECKOUTS, None)), 1);
 }
+
+/// While a caller queues on a runtime whose other tasks block it (a
+/// `std::thread::sleep` in async code, the classic), the lag probe's wait
+/// for its turn is recorded in `poolwatch.runtime.lag`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocked_runtime_shows_in_the_lag_histogram() {
+    let _turn = SERIAL.lock().await;
+    snapshotter();
+    let config = WatchConfig::builder()
+        .pool_name("metrics-lag")
+        .build()
+        .unwrap();
+    let pool = support::observed_pool(1, config);
+    let held = pool.get().await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_millis(300);
+    let blockers: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                while std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10)); // blocks the runtime
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { drop(pool.get().await.unwrap()) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(held);
+    waiter.await.unwrap();
+    for blocker in blockers {
+        blocker.await.unwrap();
+    }
+    let m = metrics_of("metrics-lag");
+    let lag = samples(find(&m, export::RUNTIME_LAG, None));
+    assert!(!lag.is_empty(), "the probe ran");
+    assert!(
+        lag.iter().any(|&waited| waited >= 0.008),
+        "a blocked runtime reads as lag: {lag:?}"
+    );
+    assert_eq!(find(&m, export::RUNTIME_LAG, None).unit, Some(Unit::Seconds));
+}
