@@ -671,5 +671,8 @@ async fn a_blocked_runtime_shows_in_the_lag_histogram() {
         lag.iter().any(|&waited| waited >= 0.008),
         "a blocked runtime reads as lag: {lag:?}"
     );
-    assert_eq!(find(&m, export::RUNTIME_LAG, None).unit, Some(Unit::Seconds));
+    assert_eq!(
+        find(&m, export::RUNTIME_LAG, None).unit,
+        Some(Unit::Seconds)
+    );
 }
