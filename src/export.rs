@@ -567,12 +567,12 @@ mod real {
             self.oldest_hold.set(oldest.as_secs_f64());
         }
 
-        /// The handles the pool's connections record into.
         /// The handle the runtime's lag probe records into.
         pub(crate) fn lag_metric(&self) -> LagMetric {
             LagMetric(self.runtime_lag.clone())
         }
 
+        /// The handles the pool's connections record into.
         pub(crate) fn connection_metrics(&self) -> ConnectionMetrics {
             ConnectionMetrics {
                 create_time: self.create_time.clone(),

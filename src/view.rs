@@ -102,7 +102,7 @@ impl PoolView {
                 waiting: t.waiting,
                 peak_waiting: t.peak_waiting,
                 max_size: t.max_size,
-                checkouts: t.checkouts,
+                checkouts: t.usage.checkouts,
                 interval_ms: t.started.until(t.ended).as_millis() as u64,
                 connection_ms: ms(t.usage.held),
                 busy_ms: ms(t.usage.busy),

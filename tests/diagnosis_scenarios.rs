@@ -608,15 +608,11 @@ async fn burst_on_a_busy_runtime(
     (report, request_line, job_line)
 }
 
-/// A burst on a runtime kept busy by other requests' CPU work: every
-/// handler waits its turn a few times (to send, to read its answer, to
-/// drop its guard) and holds its connection through those waits. That
-/// is scheduling delay under demand, concurrency growth; the handler is
-/// no culprit of a long hold.
-#[tokio::test(flavor = "current_thread")]
-
-async fn a_burst_on_a_busy_runtime_is_growth_not_a_long_hold() {
-    let pool = pool("busy-runtime-burst");
+/// The burst alone on a busy runtime, on pool `name`: concurrency growth
+/// naming the pool, the handlers never blamed, no long hold. The report
+/// and the handlers' checkout line.
+async fn busy_runtime_burst_is_growth(name: &str) -> (Report, u32) {
+    let pool = pool(name);
     let (report, request_line, _) = burst_on_a_busy_runtime(&pool, None).await;
     assert_diagnosis(
         &report,
@@ -625,6 +621,17 @@ async fn a_burst_on_a_busy_runtime_is_growth_not_a_long_hold() {
         &[site(request_line)],
     );
     assert!(!report.kinds().contains(&VerdictKind::LongHold), "{report}");
+    (report, request_line)
+}
+
+/// A burst on a runtime kept busy by other requests' CPU work: every
+/// handler waits its turn a few times (to send, to read its answer, to
+/// drop its guard) and holds its connection through those waits. That
+/// is scheduling delay under demand, concurrency growth; the handler is
+/// no culprit of a long hold.
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_on_a_busy_runtime_is_growth_not_a_long_hold() {
+    let (report, request_line) = busy_runtime_burst_is_growth("busy-runtime-burst").await;
     // ... and says why the short holds last as long as they do.
     assert!(
         report.verdicts[0].evidence[0]
@@ -647,7 +654,6 @@ async fn a_burst_on_a_busy_runtime_is_growth_not_a_long_hold() {
 /// across its uploads: the job is the long hold, named first; the
 /// burst's handlers, which only waited their turn, are not blamed.
 #[tokio::test(flavor = "current_thread")]
-
 async fn a_job_on_a_busy_runtime_is_named_before_the_burst() {
     let pool = pool("busy-runtime-job");
     let job = tokio::spawn(
@@ -670,13 +676,5 @@ async fn a_job_on_a_busy_runtime_is_named_before_the_burst() {
 /// busy, and the burst's handlers are still no culprit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_a_busy_multi_thread_runtime_is_growth() {
-    let pool = pool("busy-workers-burst");
-    let (report, request_line, _) = burst_on_a_busy_runtime(&pool, None).await;
-    assert_diagnosis(
-        &report,
-        VerdictKind::ConcurrencyGrowth,
-        "pool",
-        &[site(request_line)],
-    );
-    assert!(!report.kinds().contains(&VerdictKind::LongHold), "{report}");
+    busy_runtime_burst_is_growth("busy-workers-burst").await;
 }

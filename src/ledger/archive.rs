@@ -98,7 +98,7 @@ pub(crate) struct TickRecord {
     pub(crate) max_size: usize,
     /// Most callers waiting at once during the tick.
     pub(crate) peak_waiting: usize,
-    pub(crate) checkouts: u64,
+    /// Its connection time and, in `usage.checkouts`, its checkouts.
     pub(crate) usage: Usage,
     pub(crate) saturated: bool,
     /// The runtime's scheduling delay read during the tick.
@@ -334,10 +334,8 @@ impl Archive {
             },
         );
         let mut usage = Usage::default();
-        let mut checkouts = 0;
-        for (counts, pair_usage) in open.pairs.values() {
+        for (_, pair_usage) in open.pairs.values() {
             usage.merge(pair_usage);
-            checkouts += counts.checkouts;
         }
         let peak_waiting = status.peak_waiting.max(status.waiting);
         let saturated = peak_waiting > 0
@@ -371,7 +369,6 @@ impl Archive {
             waiting: status.waiting,
             max_size: status.max_size,
             peak_waiting,
-            checkouts,
             usage,
             saturated,
             lag: status.lag,

@@ -1,5 +1,5 @@
-//! The runtime's scheduling delay while callers wait: how long a task
-//! spawned on the service's runtime sat before its first poll. A busy
+//! The runtime's scheduling delay while callers wait: how long a probe
+//! task on the service's runtime waited for its turn. A busy
 //! runtime (CPU-bound or blocking work in its tasks) makes every holder
 //! wait its turn several times per hold — to send, to read the answer,
 //! to drop the guard — and that time is held connection time outside any
@@ -122,17 +122,12 @@ impl LagRecorder {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
-        // Frees the slot only if it is still this probe's.
-        let _ = self.in_flight_since.compare_exchange(
-            spawned.raw(),
-            NONE,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.abandon(spawned);
     }
 
-    /// A probe that gave up before it was polled (its runtime refused
-    /// it): frees the slot, records nothing.
+    /// Frees the slot of the probe spawned at `spawned`, if it is still
+    /// its (a lost probe's slot may be another's by now); records
+    /// nothing. Alone: a probe dropped unfinished (its runtime shut down).
     pub(crate) fn abandon(&self, spawned: Ticks) {
         let _ = self.in_flight_since.compare_exchange(
             spawned.raw(),
@@ -147,37 +142,32 @@ impl LagRecorder {
     /// at least how long it has waited: a runtime too busy to run it at
     /// all is the busiest.
     pub(crate) fn take(&self, now: Ticks) -> LagReadings {
-        let mut readings = LagReadings {
-            sum_ns: self.sum_ns.swap(0, Ordering::Relaxed),
-            count: self.count.swap(0, Ordering::Relaxed),
-            max_ns: self.max_ns.swap(0, Ordering::Relaxed),
-        };
-        self.add_waiting(&mut readings, now);
-        readings
+        self.read(now, |word| word.swap(0, Ordering::Relaxed))
     }
 
     /// The readings since the last take, without resetting them (a
     /// reader's view of the open tick).
     pub(crate) fn peek(&self, now: Ticks) -> LagReadings {
-        let mut readings = LagReadings {
-            sum_ns: self.sum_ns.load(Ordering::Relaxed),
-            count: self.count.load(Ordering::Relaxed),
-            max_ns: self.max_ns.load(Ordering::Relaxed),
-        };
-        self.add_waiting(&mut readings, now);
-        readings
+        self.read(now, |word| word.load(Ordering::Relaxed))
     }
 
-    fn add_waiting(&self, readings: &mut LagReadings, now: Ticks) {
+    /// The readings, each word read with `read`, and the probe still
+    /// waiting (see [`Self::take`]).
+    fn read(&self, now: Ticks, read: impl Fn(&AtomicU64) -> u64) -> LagReadings {
+        let mut readings = LagReadings {
+            sum_ns: read(&self.sum_ns),
+            count: read(&self.count),
+            max_ns: read(&self.max_ns),
+        };
         let since = self.in_flight_since.load(Ordering::Relaxed);
-        if since == NONE {
-            return;
+        if since != NONE {
+            let waiting = Ticks::from_raw(since).nanos_until(now);
+            // A probe spawned a moment ago says nothing yet.
+            if waiting >= readings.max_ns && Duration::from_nanos(waiting) >= PROBE_EVERY {
+                readings.add(waiting);
+            }
         }
-        let waiting = Ticks::from_raw(since).nanos_until(now);
-        // A probe spawned a moment ago says nothing yet.
-        if waiting >= readings.max_ns && Duration::from_nanos(waiting) >= PROBE_EVERY {
-            readings.add(waiting);
-        }
+        readings
     }
 }
 

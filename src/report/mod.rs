@@ -56,8 +56,9 @@
 //! its holds reached the threshold, at least 5 ms of it per checkout and
 //! four times the runtime's scheduling delay (a busy runtime makes every
 //! holder wait its turn a few times per hold; see
-//! [`Pressure::peak_runtime_lag_ms`]). The sentence says which. Holders busy in the database while the culprit sat idle in a
-//! transaction are listed as affected (likely blocked on its locks), as
+//! [`Pressure::peak_runtime_lag_ms`]). The sentence says which. Holders
+//! busy in the database while the culprit sat idle in a transaction are
+//! listed as affected (likely blocked on its locks), as
 //! are callers that waited. With no such culprit, holds past the threshold
 //! spent in database calls are the finding (slow statements or lock
 //! waits); on connections poolwatch does not observe, holds past the
