@@ -377,10 +377,14 @@ pub(crate) struct TransactionEnd<'a> {
     pub(crate) duration: Duration,
     pub(crate) idle: Option<Duration>,
     pub(crate) statement: Option<&'a str>,
+    /// The SQLSTATE of the error a transaction rolled back after.
+    pub(crate) sqlstate: Option<&'a str>,
 }
 
 /// WARN for a transaction dropped without commit or rollback (the `?`
-/// early return), DEBUG for the others.
+/// early return), DEBUG for the others (one dropped after a database
+/// error, the `?` on that error, among them: the error is the service's
+/// to report).
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // the integrations' seam
 pub(crate) fn transaction_ended(t: &TransactionEnd<'_>, by_drop: bool, suppressed: u64) {
     let statement = t.statement.unwrap_or("");
@@ -410,6 +414,7 @@ pub(crate) fn transaction_ended(t: &TransactionEnd<'_>, by_drop: bool, suppresse
                 transaction_ms = millis(t.duration),
                 idle_in_transaction_ms = idle,
                 ending = t.ending,
+                sqlstate = t.sqlstate,
                 "transaction begun at {} {} after {}",
                 t.transaction_site,
                 t.ending,

@@ -545,6 +545,10 @@ impl Observer {
             duration: ended.duration,
             idle: ended.idle,
             statement: statement.as_deref(),
+            sqlstate: ended
+                .sqlstate
+                .as_ref()
+                .and_then(|code| std::str::from_utf8(code).ok()),
         };
         events::transaction_ended(&t, by_drop, permit.suppressed);
     }

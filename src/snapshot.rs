@@ -230,6 +230,11 @@ pub struct DatabaseStats {
     /// Watched transactions (or savepoints) dropped without commit or
     /// rollback: rolled back by `Drop`, usually on a `?` early return.
     pub rolled_back_by_drop: u64,
+    /// Watched transactions (or savepoints) dropped after a statement in
+    /// them failed in the database (a lock timeout, a serialization
+    /// failure, a constraint): the `?` on that error, rolled back as it
+    /// should be. Not an error path of the code's own.
+    pub rolled_back_after_error: u64,
     /// Time inside watched transactions (outermost level).
     pub transaction_total: Duration,
     /// Of that, time with no call in flight: the transaction was open and

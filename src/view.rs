@@ -239,6 +239,7 @@ pub(crate) fn database_stats(db: &crate::ledger::DatabaseCounts) -> DatabaseStat
         committed: db.committed,
         rolled_back: db.rolled_back,
         rolled_back_by_drop: db.rolled_back_by_drop,
+        rolled_back_after_error: db.rolled_back_after_error,
         transaction_total: db.transaction_total,
         transaction_idle_total: db.transaction_idle_total,
         open_transaction_at_return: db.open_transaction_at_return,

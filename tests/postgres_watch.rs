@@ -96,32 +96,58 @@ async fn busy_and_idle_time_of_a_hold_with_a_sleep_between_queries() {
     assert!(busy_ms >= 380 && held_ms >= busy_ms + 280, "{warned:?}");
 }
 
-async fn failing_transfer(pool: &Pool) -> Result<(), tokio_postgres::Error> {
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Empties the transfers' table; the backend pid of the pool's connection.
+async fn empty_items(pool: &Pool) -> i32 {
+    let client = pool.get().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS rbd_items (id int); TRUNCATE rbd_items")
+        .await
+        .unwrap();
+    pid_of(&client).await
+}
+
+/// A transfer the code itself gives up on: the `?` on its own error
+/// drops the transaction (the database said nothing wrong).
+async fn failing_transfer(pool: &Pool) -> Result<(), Error> {
     let mut client = pool.get().await.expect("checkout");
     let tx = client.transaction().await?; // the transaction's site
     tx.execute("INSERT INTO rbd_items VALUES (1)", &[]).await?;
-    tx.query_one("SELECT 1 / 0", &[]).await?; // fails: `?` returns early
-    tx.commit().await
+    let balance: i32 = tx.query_one("SELECT 1 - 2", &[]).await?.get(0);
+    if balance < 0 {
+        return Err("insufficient funds".into()); // returns early
+    }
+    tx.commit().await?;
+    Ok(())
 }
-const FAILING_TRANSACTION_LINE: u32 = 101;
+const FAILING_TRANSACTION_LINE: u32 = 115;
+
+/// A transfer the database refuses: the `?` on that error drops the
+/// transaction, its ordinary end.
+async fn refused_transfer(pool: &Pool) -> Result<(), Error> {
+    let mut client = pool.get().await.expect("checkout");
+    let tx = client.transaction().await?;
+    tx.execute("INSERT INTO rbd_items VALUES (1)", &[]).await?;
+    tx.query_one("SELECT 1 / 0", &[]).await?; // division by zero
+    tx.commit().await?;
+    Ok(())
+}
 
 #[tokio::test]
 async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
     let (capture, _guard) = Capture::install();
     let pool = observed("rbd", 1);
-    {
-        let client = pool.get().await.unwrap();
-        client
-            .batch_execute("CREATE TABLE IF NOT EXISTS rbd_items (id int); TRUNCATE rbd_items")
-            .await
-            .unwrap();
-    }
+    let first_pid = empty_items(&pool).await;
     assert!(failing_transfer(&pool).await.is_err());
 
     let warned = capture.matching("rolled back by drop");
     assert_eq!(warned.len(), 1, "{:?}", capture.events());
     let event = &warned[0];
     assert_eq!(event.field("ending"), "rolled_back_by_drop");
+    // Its ROLLBACK was queued ahead of anything a next caller sends: the
+    // connection is not inside a transaction for anyone, so it is kept.
+    assert!(capture.matching("returned inside a transaction").is_empty());
     assert!(
         event.field("transaction_site").starts_with(file!()),
         "{event:?}"
@@ -131,7 +157,7 @@ async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
         FAILING_TRANSACTION_LINE
     );
     // The statement the transaction last ran, sanitized.
-    assert_eq!(event.field("statement"), "SELECT ? / ?", "{event:?}");
+    assert_eq!(event.field("statement"), "SELECT ? - ?", "{event:?}");
 
     let snapshot = pool.snapshot();
     let drops: u64 = snapshot
@@ -148,6 +174,7 @@ async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 0);
+    assert_eq!(pid_of(&client).await, first_pid, "the connection was kept");
 
     // Committed and rolled back transactions are counted too, with time.
     drop(client);
@@ -177,6 +204,56 @@ async fn rollback_by_drop_is_flagged_with_the_transaction_site() {
         stats.database.idle_in_transaction_total >= ms(90),
         "{stats:?}"
     );
+}
+
+/// A transaction the database failed (a `?` on its error) is rolled back
+/// as it should be: counted apart, no warning, no error path, the
+/// connection kept, whichever way the pool handles open transactions.
+#[tokio::test]
+async fn a_transaction_dropped_on_a_database_error_is_its_ordinary_end() {
+    let (capture, _guard) = Capture::install();
+    for (name, open_transaction) in [
+        ("refused-evict", OpenTransaction::Evict),
+        ("refused-rollback", OpenTransaction::Rollback),
+    ] {
+        let pool = support::observed_pool_with(
+            1,
+            watch(name),
+            Options::default().on_open_transaction(open_transaction),
+        );
+        let first_pid = empty_items(&pool).await;
+        for _ in 0..3 {
+            let refused = refused_transfer(&pool).await.unwrap_err();
+            assert!(refused.to_string().contains("db error"), "{refused}");
+        }
+        let client = pool.get().await.unwrap();
+        assert!(!in_transaction(&client).await);
+        assert_eq!(
+            pid_of(&client).await,
+            first_pid,
+            "{name}: the connection was kept"
+        );
+        drop(client);
+        let db = pool
+            .snapshot()
+            .sites
+            .iter()
+            .fold((0, 0, 0), |(after, by_drop, errors), s| {
+                (
+                    after + s.database.rolled_back_after_error,
+                    by_drop + s.database.rolled_back_by_drop,
+                    errors + s.database.error_paths(),
+                )
+            });
+        assert_eq!(db, (3, 0, 0), "{name}");
+        let debug = capture.matching("rolled_back_after_error");
+        assert!(
+            debug.iter().any(|e| e.field("sqlstate") == "22012"),
+            "{name}: the division by zero's SQLSTATE: {debug:?}"
+        );
+    }
+    assert!(capture.matching("rolled back by drop").is_empty());
+    assert!(capture.matching("returned inside a transaction").is_empty());
 }
 
 #[tokio::test]
@@ -448,5 +525,18 @@ async fn returning_right_after_a_query_is_not_a_call_in_flight() {
     let database = site(&pool, line).database;
     assert_eq!(database.in_flight_at_drop, 0, "{database:?}");
     assert_eq!(database.observed_holds, 300, "{database:?}");
+    assert_eq!(pid_of(&pool.get().await.unwrap()).await, first_pid);
+
+    // Nor right after a statement the server refused: its error is the
+    // answer, the "ready" behind it needs no more work.
+    let mut line = 0;
+    for _ in 0..100 {
+        let (client, at) = (pool.get().await.unwrap(), line!());
+        line = at;
+        let refused = client.query_one("SELECT 1 / 0", &[]).await;
+        assert!(refused.is_err());
+    }
+    let database = site(&pool, line).database;
+    assert_eq!(database.in_flight_at_drop, 0, "{database:?}");
     assert_eq!(pid_of(&pool.get().await.unwrap()).await, first_pid);
 }

@@ -109,6 +109,39 @@ struct ActivityState {
     statements: u64,
     /// The text of the last one, as sent (sanitized only when shown).
     last_statement: Option<Arc<str>>,
+    /// A dropped transaction queued its `ROLLBACK` on the client, ahead of
+    /// anything a later user of the connection sends: the open transaction
+    /// the server last reported is ending, and no one else will run inside
+    /// it. Cleared by the server's next report of no transaction.
+    rollback_queued: bool,
+    /// ... and went out: it is in flight, and needs no more than its
+    /// answer (a next user waits behind it for microseconds, not behind
+    /// work).
+    rollback_sent: bool,
+    /// The oldest request in flight failed: the server reported its error
+    /// and skips to its "ready", which follows with no more work. The
+    /// caller has its answer, so nothing runs that a next user would wait
+    /// behind.
+    front_failed: bool,
+    /// The SQLSTATE of an error the server reported since the transaction
+    /// (or, outside one, the last statement) began; [`FAILED_UNKNOWN`] when
+    /// the server said the transaction failed without the error being read.
+    failed: Option<[u8; 5]>,
+}
+
+/// [`ActivityState::failed`] of a failed transaction whose error was not
+/// read (it cannot be a SQLSTATE: those are digits and capitals).
+const FAILED_UNKNOWN: [u8; 5] = *b"?????";
+
+/// What a dropped transaction left: its `ROLLBACK` is queued; whether the
+/// server had reported an error inside it first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DroppedTransaction {
+    /// The transaction failed in the database before it was dropped: a
+    /// `?` on a database error, not an early return of the code's own.
+    pub(crate) after_error: bool,
+    /// The error's SQLSTATE, when it was read.
+    pub(crate) sqlstate: Option<[u8; 5]>,
 }
 
 impl Default for ConnectionActivity {
@@ -309,7 +342,10 @@ impl HoldEnd {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ActivityReading {
     pub(crate) totals: Totals,
+    /// Requests sent and not answered yet.
     pub(crate) in_flight: u32,
+    /// As a later user meets it: a transaction whose `ROLLBACK` is queued
+    /// is over.
     pub(crate) transaction: TransactionState,
     pub(crate) transaction_since: Option<Ticks>,
     pub(crate) backend_pid: Option<i32>,
@@ -331,10 +367,27 @@ impl ActivityState {
         }
     }
 
+    /// Requests a later user of the connection would wait behind: those in
+    /// flight but one already failed (its "ready" is on its way).
+    fn in_flight_for_next_user(&self) -> u32 {
+        let answered = u32::from(self.front_failed) + u32::from(self.rollback_sent);
+        self.in_flight.saturating_sub(answered)
+    }
+
+    /// The transaction state as a later user of the connection meets it:
+    /// a transaction whose `ROLLBACK` is queued is over for them.
+    fn transaction_for_next_user(&self) -> TransactionState {
+        if self.rollback_queued && self.transaction.is_open() {
+            TransactionState::Idle
+        } else {
+            self.transaction
+        }
+    }
+
     /// The fields the end of a hold needs, as words for the seqlock.
     fn published(&self) -> [u64; PUBLISHED_WORDS] {
         let ticks = |t: Option<Ticks>| t.map_or(NO_TICKS, Ticks::raw);
-        let transaction = match self.transaction {
+        let transaction = match self.transaction_for_next_user() {
             TransactionState::Unknown => 0u64,
             TransactionState::Idle => 1,
             TransactionState::Open => 2,
@@ -347,7 +400,9 @@ impl ActivityState {
             self.idle_in_transaction_ns,
             ticks(self.idle_in_transaction_since),
             self.statements,
-            u64::from(self.in_flight) | transaction << 32 | u64::from(lost_pending) << 40,
+            u64::from(self.in_flight_for_next_user())
+                | transaction << 32
+                | u64::from(lost_pending) << 40,
             self.backend_pid
                 .map_or(0, |pid| 1 << 32 | u64::from(pid as u32)),
         ]
@@ -361,7 +416,7 @@ impl ActivityState {
         ActivityReading {
             totals: self.totals(now),
             in_flight: self.in_flight,
-            transaction: self.transaction,
+            transaction: self.transaction_for_next_user(),
             transaction_since: self.transaction_since,
             backend_pid: self.backend_pid,
             closed: self.closed,
@@ -371,9 +426,10 @@ impl ActivityState {
     }
 
     /// Idle-in-transaction time runs while inside a transaction with
-    /// nothing in flight.
+    /// nothing in flight (and no `ROLLBACK` queued to end it).
     fn settle_idle_in_transaction(&mut self, now: Ticks) {
-        let idle = self.transaction.is_open() && self.in_flight == 0 && !self.closed;
+        let idle =
+            self.transaction_for_next_user().is_open() && self.in_flight == 0 && !self.closed;
         match (idle, self.idle_in_transaction_since) {
             (true, None) => self.idle_in_transaction_since = Some(now),
             (false, Some(since)) => {
@@ -415,8 +471,20 @@ impl ActivityWriter<'_> {
     /// A statement's text went out (or a prepared statement it refers to
     /// was bound). Counts the statement.
     pub(crate) fn statement(&mut self, text: Arc<str>) {
-        self.state.statements += 1;
-        self.state.last_statement = Some(text);
+        let state = &mut *self.state;
+        if state.rollback_queued && !state.rollback_sent && &*text == "ROLLBACK" {
+            // The dropped transaction's own (tokio-postgres sends it so),
+            // going out after its hold ended: none of the next hold's
+            // statements or busy time (holds are measured between their
+            // ends).
+            state.rollback_sent = true;
+            if state.in_flight == 1 {
+                state.busy_since = None;
+            }
+            return;
+        }
+        state.statements += 1;
+        state.last_statement = Some(text);
     }
 
     /// The server answered one request and is ready, reporting its
@@ -446,12 +514,33 @@ impl ActivityWriter<'_> {
             _ => {}
         }
         state.transaction = transaction;
+        match transaction {
+            TransactionState::Failed => {
+                state.failed.get_or_insert(FAILED_UNKNOWN);
+            }
+            // Out of the transaction, or back in a good one (a rollback
+            // to a savepoint).
+            _ => state.failed = None,
+        }
+        if !transaction.is_open() {
+            state.rollback_queued = false;
+            state.rollback_sent = false;
+        }
         state.settle_idle_in_transaction(now);
+    }
+
+    /// The server reported an error (SQLSTATE `sqlstate`) for a request of
+    /// the connection's user.
+    pub(crate) fn call_failed(&mut self, sqlstate: [u8; 5]) {
+        let state = &mut *self.state;
+        state.failed = Some(sqlstate);
+        state.front_failed = state.in_flight > 0;
     }
 
     fn request_ended(&mut self, now: Ticks) {
         let state = &mut *self.state;
         state.in_flight = state.in_flight.saturating_sub(1);
+        state.front_failed = false;
         if state.in_flight == 0 {
             state.last_call_ended = Some(now);
             if let Some(since) = state.busy_since.take() {
@@ -508,6 +597,25 @@ impl ConnectionActivity {
         }
     }
 
+    /// A watched transaction on this connection was dropped: its
+    /// `ROLLBACK` (or `ROLLBACK TO SAVEPOINT`, when `outermost` is false)
+    /// is queued. Says whether the transaction had failed in the database.
+    pub(crate) fn transaction_dropped(&self, outermost: bool, now: Ticks) -> DroppedTransaction {
+        let mut writer = self.writer();
+        let state = &mut *writer.state;
+        let failed = state
+            .failed
+            .or((state.transaction == TransactionState::Failed).then_some(FAILED_UNKNOWN));
+        if outermost && state.transaction.is_open() {
+            state.rollback_queued = true;
+            state.settle_idle_in_transaction(now);
+        }
+        DroppedTransaction {
+            after_error: failed.is_some(),
+            sqlstate: failed.filter(|code| *code != FAILED_UNKNOWN),
+        }
+    }
+
     /// The connection's state now.
     pub(crate) fn reading(&self, now: Ticks) -> ActivityReading {
         self.state.lock().reading(now)
@@ -549,8 +657,8 @@ impl ConnectionActivity {
         let totals = state.counters(now);
         let mut end = self.hold_end(
             totals,
-            state.in_flight,
-            state.transaction,
+            state.in_flight_for_next_user(),
+            state.transaction_for_next_user(),
             state.backend_pid,
         );
         self.move_marks(totals);
@@ -646,6 +754,16 @@ mod tests {
         Ticks::of(start + Duration::from_millis(ms))
     }
 
+    /// A connection whose `BEGIN` went out at 0 and was answered at 1.
+    fn in_transaction(start: Instant) -> Arc<ConnectionActivity> {
+        let activity = ConnectionActivity::new();
+        let mut w = activity.writer();
+        w.request_sent(at(start, 0));
+        w.ready(at(start, 1), TransactionState::Open);
+        drop(w);
+        activity
+    }
+
     #[test]
     fn busy_counts_overlapping_requests_once() {
         Ticks::init();
@@ -666,6 +784,114 @@ mod tests {
         let reading = activity.reading(at(start, 130));
         assert_eq!(reading.totals.busy, Duration::from_millis(50));
         assert_eq!(reading.in_flight, 1);
+    }
+
+    #[test]
+    fn a_dropped_transactions_queued_rollback_ends_it_for_the_next_user() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = in_transaction(start);
+        // A nested savepoint's drop leaves the outer transaction open.
+        let nested = activity.transaction_dropped(false, at(start, 5));
+        assert_eq!(nested, DroppedTransaction::default());
+        assert!(activity.end_hold(at(start, 6)).poisoned());
+        let dropped = activity.transaction_dropped(true, at(start, 10));
+        assert!(!dropped.after_error);
+        // At return: not inside a transaction for whoever comes next, and
+        // no longer idle in one.
+        let end = activity.end_hold(at(start, 20));
+        assert!(!end.poisoned(), "{:?}", end.transaction);
+        let reading = activity.reading(at(start, 40));
+        assert_eq!(reading.totals.idle_in_transaction, Duration::from_millis(9));
+        // The ROLLBACK goes out during the next hold, which does nothing
+        // itself: no call in flight for it, no statement, no busy time.
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 50));
+            w.statement(Arc::from("ROLLBACK"));
+        }
+        let end = activity.end_hold(at(start, 52));
+        assert!(!end.poisoned());
+        assert_eq!((end.hold.statements, end.hold.busy_ns), (0, 0));
+        // Answered: an ordinary idle connection.
+        activity
+            .writer()
+            .ready(at(start, 53), TransactionState::Idle);
+        assert_eq!(activity.end_hold(at(start, 54)).hold.busy_ns, 0);
+        // The next transaction is watched afresh.
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 60));
+            w.ready(at(start, 61), TransactionState::Open);
+        }
+        assert!(activity.end_hold(at(start, 70)).poisoned());
+    }
+
+    #[test]
+    fn a_failed_request_awaiting_its_ready_is_no_call_in_flight() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0));
+            w.call_failed(*b"23505"); // the caller has its error
+        }
+        let end = activity.end_hold(at(start, 1));
+        assert_eq!(end.in_flight, 0);
+        assert!(!end.poisoned());
+        // Behind a pipelined request that is still running, it is one.
+        {
+            let mut w = activity.writer();
+            w.ready(at(start, 2), TransactionState::Idle);
+            w.request_sent(at(start, 3));
+            w.request_sent(at(start, 3));
+            w.call_failed(*b"23505");
+        }
+        assert_eq!(activity.end_hold(at(start, 4)).in_flight, 1);
+        activity
+            .writer()
+            .ready(at(start, 5), TransactionState::Idle);
+        assert_eq!(activity.end_hold(at(start, 6)).in_flight, 1);
+    }
+
+    #[test]
+    fn a_transaction_dropped_after_a_database_error_says_which() {
+        Ticks::init();
+        let start = Instant::now();
+        let activity = in_transaction(start);
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 2)); // UPDATE: lock timeout
+            w.call_failed(*b"55P03");
+        }
+        // Dropped on the error, before its "ready" was read.
+        let dropped = activity.transaction_dropped(true, at(start, 3));
+        assert_eq!(
+            dropped,
+            DroppedTransaction {
+                after_error: true,
+                sqlstate: Some(*b"55P03")
+            }
+        );
+        // A failed transaction whose error was not read, and one that
+        // recovered through a savepoint.
+        let activity = ConnectionActivity::new();
+        activity
+            .writer()
+            .transaction_reported(at(start, 0), TransactionState::Failed);
+        let dropped = activity.transaction_dropped(true, at(start, 1));
+        assert_eq!((dropped.after_error, dropped.sqlstate), (true, None));
+        let activity = ConnectionActivity::new();
+        {
+            let mut w = activity.writer();
+            w.request_sent(at(start, 0));
+            w.call_failed(*b"23505");
+            w.ready(at(start, 1), TransactionState::Failed);
+            w.request_sent(at(start, 2)); // ROLLBACK TO SAVEPOINT
+            w.ready(at(start, 3), TransactionState::Open);
+        }
+        assert!(!activity.transaction_dropped(true, at(start, 4)).after_error);
     }
 
     #[test]

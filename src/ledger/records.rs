@@ -190,4 +190,6 @@ pub(crate) struct TransactionEnded {
     pub(crate) idle: Option<Duration>,
     pub(crate) backend_pid: Option<i32>,
     pub(crate) last_statement: Option<Arc<str>>,
+    /// The error a transaction rolled back after one failed with.
+    pub(crate) sqlstate: Option<[u8; 5]>,
 }

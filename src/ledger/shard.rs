@@ -722,8 +722,30 @@ impl ShardState {
             entry.span_id,
         );
         let index = self.transactions.iter().position(|t| t.key == key)?;
+        let outermost = self.transactions[index].depth == 0;
+        // A dropped transaction queued its rollback: the connection is no
+        // longer inside it for anyone after this holder, and a `?` on a
+        // database error is told apart from an early return of the code's
+        // own.
+        let mut sqlstate = None;
+        let ending = match ending {
+            TransactionEnding::RolledBackByDrop => {
+                let dropped = self
+                    .connections
+                    .activity(connection)
+                    .map(|a| a.transaction_dropped(outermost, now))
+                    .unwrap_or_default();
+                sqlstate = dropped.sqlstate;
+                if dropped.after_error {
+                    TransactionEnding::RolledBackAfterError
+                } else {
+                    ending
+                }
+            }
+            ending => ending,
+        };
         let open = &mut self.transactions[index];
-        if open.depth > 0 {
+        if !outermost {
             open.depth -= 1;
             self.delta(origin_index).record_transaction(
                 ending,
@@ -765,6 +787,7 @@ impl ShardState {
             idle,
             backend_pid: reading.as_ref().and_then(|r| r.backend_pid),
             last_statement: reading.and_then(|r| r.last_statement),
+            sqlstate,
         })
     }
 

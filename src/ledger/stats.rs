@@ -64,6 +64,9 @@ pub(crate) struct DatabaseCounts {
     pub(crate) committed: u64,
     pub(crate) rolled_back: u64,
     pub(crate) rolled_back_by_drop: u64,
+    /// Dropped after the database failed them (a `?` on a database error):
+    /// rolled back as they should be, no error path of the code's own.
+    pub(crate) rolled_back_after_error: u64,
     /// Time inside watched transactions (outermost), and the idle part.
     pub(crate) transaction_total: Duration,
     pub(crate) transaction_idle_total: Duration,
@@ -80,6 +83,7 @@ impl DatabaseCounts {
         self.committed += other.committed;
         self.rolled_back += other.rolled_back;
         self.rolled_back_by_drop += other.rolled_back_by_drop;
+        self.rolled_back_after_error += other.rolled_back_after_error;
         self.transaction_total += other.transaction_total;
         self.transaction_idle_total += other.transaction_idle_total;
     }
@@ -93,6 +97,9 @@ pub(crate) enum TransactionEnding {
     RolledBack,
     /// Dropped without commit or rollback: the `?` early-return path.
     RolledBackByDrop,
+    /// Dropped after a statement in it failed in the database: the `?` on
+    /// that error, the transaction's normal end.
+    RolledBackAfterError,
 }
 
 impl TransactionEnding {
@@ -102,6 +109,7 @@ impl TransactionEnding {
             TransactionEnding::Committed => "committed",
             TransactionEnding::RolledBack => "rolled_back",
             TransactionEnding::RolledBackByDrop => "rolled_back_by_drop",
+            TransactionEnding::RolledBackAfterError => "rolled_back_after_error",
         }
     }
 }
@@ -426,6 +434,7 @@ impl SiteDelta {
             TransactionEnding::Committed => db.committed += 1,
             TransactionEnding::RolledBack => db.rolled_back += 1,
             TransactionEnding::RolledBackByDrop => db.rolled_back_by_drop += 1,
+            TransactionEnding::RolledBackAfterError => db.rolled_back_after_error += 1,
         }
         if outermost {
             db.transaction_total += total;

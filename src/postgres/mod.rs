@@ -19,12 +19,16 @@
 //!   `ReadyForQuery` status: no extra round trip, no server-side error. A
 //!   connection returned inside a transaction is **evicted** (the next
 //!   caller never gets it), or rolled back before its next use with
-//!   [`OpenTransaction::Rollback`];
+//!   [`OpenTransaction::Rollback`]. A watched [`Transaction`] dropped
+//!   without commit is not that: its `ROLLBACK` is queued ahead of
+//!   anything the next caller sends, so its connection is kept;
 //! * **calls in flight at return** (a query future dropped unfinished: a
 //!   timeout, `select!`): the server keeps running it and the next user
 //!   of that connection would wait behind it, so it is evicted and the
 //!   hold reported. poolwatch sends no cancel request: it could race with
-//!   the next statement and cancel the wrong one;
+//!   the next statement and cancel the wrong one. A statement the server
+//!   refused is no call in flight: its error is the answer, and the
+//!   "ready" behind it needs no more work;
 //! * the **backend pid** (to join with `pg_stat_activity.pid`);
 //!   `application_name` is set to `<program>/<pool name>` when unset;
 //! * the **last statement**'s text, sanitized like `pg_stat_statements`
@@ -33,7 +37,10 @@
 //! * [`Transaction`]s taken through the guard also record where they were
 //!   begun and whether they were committed, rolled back or **rolled back
 //!   by drop** (the `?` early return, at WARN with the `transaction()`
-//!   line).
+//!   line), or rolled back after a statement in them failed in the
+//!   database (the `?` on that error: their ordinary end, counted apart as
+//!   [`rolled_back_after_error`](crate::DatabaseStats::rolled_back_after_error),
+//!   at DEBUG with the `sqlstate`).
 //!
 //! Under pressure (callers waiting, the pool at its size, a guard past the
 //! threshold) the pool also asks the server, on a connection of its own,

@@ -210,6 +210,9 @@ impl Events for Batch<'_> {
     }
 
     fn call_failed(&mut self, sqlstate: [u8; 5]) {
+        // For the transaction it fails: a `?` on this error that drops a
+        // transaction is no early return of the code's own.
+        self.writer().0.call_failed(sqlstate);
         if let Some(call) = self
             .calls
             .as_deref_mut()
