@@ -176,6 +176,75 @@ mod service {
         Ok(line)
     }
 
+    /// POST /refund, as a team hardens it against lock waits: the row
+    /// update may wait at most `lock_timeout` for a lock, and the `?` on
+    /// the database's refusal drops (rolls back) the transaction. The
+    /// checkout's line, and how the refund went.
+    pub async fn refund_with_lock_timeout(
+        pool: Pool,
+        table: &str,
+        lock_timeout: &str,
+    ) -> (u32, Result<(), Error>) {
+        let (client, line) = (pool.get().await, line!());
+        let refund = async {
+            let mut client = client?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = '{lock_timeout}'"))
+                .await?;
+            tx.execute(
+                &format!("UPDATE {table} SET balance = balance + 1 WHERE id = 1"),
+                &[],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        };
+        (line, refund.await)
+    }
+
+    /// GET /balance with a request deadline: the update behind it is
+    /// given up (its future dropped) when the deadline passes.
+    pub async fn touch_balance_with_deadline(
+        pool: Pool,
+        table: &str,
+        deadline: Duration,
+    ) -> (u32, Result<(), Error>) {
+        let (client, line) = (pool.get().await, line!());
+        let touch = async {
+            let client = client?;
+            let update = format!("UPDATE {table} SET balance = balance WHERE id = 1");
+            tokio::time::timeout(deadline, client.execute(&update, &[])).await??;
+            Ok(())
+        };
+        (line, touch.await)
+    }
+
+    /// POST /coupons/apply — opens its transaction with a raw `BEGIN`;
+    /// an expired coupon returns early with the transaction still open
+    /// (the cleanup-path bug: nothing rolls it back).
+    pub async fn apply_coupon(pool: Pool, coupon: i64) -> Result<u32, Error> {
+        let (client, line) = (pool.get().await?, line!());
+        client.batch_execute("BEGIN").await?;
+        let expired: bool = client
+            .query_one("SELECT $1::int8 % 4 = 0", &[&coupon])
+            .await?
+            .get(0);
+        if expired {
+            return Ok(line); // forgot the ROLLBACK
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(line)
+    }
+
+    /// POST /import — panics on a malformed row while it holds its
+    /// connection (the task dies; the guard drops while panicking).
+    pub async fn import_row(pool: Pool, row: i64) -> Result<u32, Error> {
+        let (client, line) = (pool.get().await?, line!());
+        client.execute("SELECT $1::int8", &[&row]).await?;
+        assert!(row % 5 != 3, "malformed row {row}");
+        Ok(line)
+    }
+
     /// Other requests on the same runtime rendering pages: CPU work in
     /// slices of `slice` between short timer waits, no connection, until
     /// `until`.
@@ -357,6 +426,205 @@ async fn a_lock_chain_blames_the_idle_transaction_not_the_blocked() {
             .iter()
             .any(|e| e.subject.starts_with(&victims[0])),
         "{after}"
+    );
+}
+
+/// A lock chain whose victims give up, as hardened services do: refunds
+/// wait at most 200 ms for the row lock (the database refuses them, the
+/// `?` rolls their transaction back), balance reads drop their update at
+/// a 250 ms request deadline. Those endings are the lock's doing: the
+/// holder of the row is named first, during and after; the refunds and
+/// balance reads never as a cause — neither a cleanup-path bug nor slow
+/// statements of their own — and the refused transactions are counted as
+/// rolled back after a database error, their connections kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_chain_whose_victims_give_up_blames_the_holder() {
+    accounts("scenario_giving_up_accounts").await;
+    const TABLE: &str = "scenario_giving_up_accounts";
+    let pool = pool_with("lock-victims-give-up", |w| {
+        w.window(Duration::from_secs(60))
+    });
+    let culprit = tokio::spawn(
+        service::checkout(pool.clone(), TABLE, ms(1500))
+            .instrument(tracing::info_span!("checkout")),
+    );
+    tokio::time::sleep(ms(150)).await;
+    let mut refunds = Vec::new();
+    let mut balances = Vec::new();
+    // Two waves, so that victims give up while the holder still holds.
+    for _ in 0..2 {
+        for _ in 0..3 {
+            refunds.push(tokio::spawn(
+                service::refund_with_lock_timeout(pool.clone(), TABLE, "200ms")
+                    .instrument(tracing::info_span!("refund")),
+            ));
+            balances.push(tokio::spawn(
+                service::touch_balance_with_deadline(pool.clone(), TABLE, ms(250))
+                    .instrument(tracing::info_span!("balance")),
+            ));
+        }
+        tokio::time::sleep(ms(400)).await;
+    }
+    let (mut refund_line, mut balance_line) = (0, 0);
+    let mut refused = 0;
+    for task in refunds {
+        let (line, outcome) = task.await.unwrap();
+        refund_line = line;
+        refused += usize::from(outcome.is_err());
+    }
+    let mut timed_out = 0;
+    for task in balances {
+        let (line, outcome) = task.await.unwrap();
+        balance_line = line;
+        timed_out += usize::from(outcome.is_err());
+    }
+    assert!(
+        refused >= 4 && timed_out >= 4,
+        "{refused} refused, {timed_out} timed out"
+    );
+    let during = pool.report();
+    let culprit_line = culprit.await.unwrap().unwrap();
+    let victims = [site(refund_line), site(balance_line)];
+    assert!(
+        during.verdicts[0].evidence[0]
+            .subject
+            .starts_with(&site(culprit_line)),
+        "the holder of the row is not named first:\n{during}"
+    );
+    assert!(
+        matches!(
+            during.verdicts[0].kind,
+            VerdictKind::Leak | VerdictKind::LongHold
+        ),
+        "{during}"
+    );
+    assert_no_victim_blamed(&during, &victims);
+    assert!(
+        !during.kinds().contains(&VerdictKind::CleanupPath),
+        "{during}"
+    );
+
+    let mut after = None;
+    wait_until("the episode to end", || {
+        let report = pool.report();
+        let over = !report.episodes.is_empty() && !report.now.saturated;
+        after = Some(report);
+        over
+    })
+    .await;
+    let after = after.unwrap();
+    assert_diagnosis(&after, VerdictKind::LongHold, &site(culprit_line), &victims);
+    assert!(
+        !after.kinds().contains(&VerdictKind::CleanupPath),
+        "{after}"
+    );
+    let episode = after.episodes.last().unwrap();
+    assert_eq!(episode.verdicts[0].kind, VerdictKind::LongHold, "{after}");
+    assert!(
+        episode.verdicts[0].evidence[0]
+            .subject
+            .starts_with(&site(culprit_line)),
+        "{after}"
+    );
+    for verdict in &episode.verdicts {
+        assert_ne!(verdict.kind, VerdictKind::CleanupPath, "{after}");
+        for e in &verdict.evidence {
+            assert!(
+                victims.iter().all(|v| !e.subject.starts_with(v.as_str())),
+                "a victim blamed in the episode:\n{after}"
+            );
+        }
+    }
+    // Who gave up is told among the affected.
+    assert!(
+        episode.verdicts[0]
+            .affected
+            .iter()
+            .any(|e| e.subject.starts_with(&victims[1]) && e.detail.contains("gave up waiting")),
+        "{after}"
+    );
+    // The refused refunds: rolled back after the database's error, which
+    // is no error path, and their connections were kept.
+    let snapshot = pool.snapshot();
+    let refunds = snapshot
+        .sites
+        .iter()
+        .find(|s| s.site.line == refund_line && s.site.file == file!())
+        .unwrap();
+    assert_eq!(
+        refunds.database.rolled_back_after_error, refused as u64,
+        "{refunds:?}"
+    );
+    assert_eq!(refunds.database.error_paths(), 0, "{refunds:?}");
+}
+
+/// Error-path bugs in the middle of a burst: a handler that leaves its raw
+/// `BEGIN` open on an early return and an import that panics while it
+/// holds its connection, among 300 short requests on 4 connections. The
+/// cleanup-path verdict comes first and names the two handlers; the
+/// requests, which only waited, are never a cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_path_bugs_during_a_burst_are_a_cleanup_path() {
+    let pool = pool("cleanup-in-burst");
+    let mut coupons = Vec::new();
+    let mut imports = Vec::new();
+    let requests: Vec<_> = (0..300)
+        .map(|id| {
+            if id % 10 == 0 {
+                coupons.push(tokio::spawn(
+                    service::apply_coupon(pool.clone(), id)
+                        .instrument(tracing::info_span!("coupon")),
+                ));
+                imports.push(tokio::spawn(
+                    service::import_row(pool.clone(), id / 10)
+                        .instrument(tracing::info_span!("import")),
+                ));
+            }
+            tokio::spawn(service::search(pool.clone()).instrument(tracing::info_span!("search")))
+        })
+        .collect();
+    let mut search_line = 0;
+    for task in requests {
+        search_line = task.await.unwrap().unwrap();
+    }
+    let mut coupon_line = 0;
+    for task in coupons {
+        coupon_line = task.await.unwrap().unwrap();
+    }
+    let mut panicked = 0;
+    for task in imports {
+        panicked += usize::from(task.await.is_err_and(|e| e.is_panic()));
+    }
+    assert_eq!(panicked, 6);
+    let report = pool.report();
+    let victims = [site(search_line)];
+    assert_diagnosis(
+        &report,
+        VerdictKind::CleanupPath,
+        &site(coupon_line),
+        &victims,
+    );
+    let cleanup = &report.verdicts[0];
+    assert!(
+        cleanup.evidence[0]
+            .detail
+            .contains("15 returned inside an open transaction"),
+        "{report}"
+    );
+    let import = cleanup
+        .evidence
+        .iter()
+        .find(|e| e.detail.contains("dropped while panicking"))
+        .unwrap_or_else(|| panic!("the import is not named:\n{report}"));
+    assert!(
+        import.detail.contains("6 dropped while panicking"),
+        "{report}"
+    );
+    assert!(
+        cleanup
+            .reason
+            .contains("returned inside a transaction, dropped while panicking"),
+        "{report}"
     );
 }
 

@@ -92,14 +92,16 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
         .unwrap_or_default();
     let has_locks = locks.is_some();
     verdicts.extend(locks.map(|l| l.0));
-    let leak = leak(period, ctx, &lock_guards);
+    let blockage = blocked_behind_idle_transaction(period, ctx);
+    let blocked = blockage.as_ref().map_or(&[][..], |b| &b.blocked[..]);
+    let leak = leak(period, ctx, &lock_guards, blockage.as_ref());
     let leak_sites: Vec<CallSite> = leak.as_ref().map(|v| v.1.clone()).unwrap_or_default();
     verdicts.extend(leak.map(|v| v.0));
-    verdicts.extend(cleanup_path(period, ctx));
+    verdicts.extend(cleanup_path(period, ctx, blocked));
     verdicts.extend(nested(period, ctx));
     let mut excluded = leak_sites.clone();
     excluded.extend(lock_sites);
-    let long = long_hold(period, ctx, &excluded);
+    let long = long_hold(period, ctx, &excluded, blocked);
     let has_long_hold = long.is_some();
     verdicts.extend(long);
     if !has_long_hold && !has_locks {
@@ -117,6 +119,79 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
         });
     }
     verdicts
+}
+
+/// Holds that look blocked behind another holder's open transaction, and
+/// whose: busy in the database for most of what they held while that
+/// holder sat idle in its transaction. Their statements wait on its locks,
+/// and a call they give up (a client-side timeout that drops it mid-way)
+/// is the block's doing, not an error path of their own.
+struct Blockage<'p> {
+    /// The site of the holder idle in its transaction.
+    behind: String,
+    blocked: Vec<&'p Party>,
+}
+
+fn blocked_behind_idle_transaction<'p>(
+    period: &'p Period,
+    ctx: &Context<'_>,
+) -> Option<Blockage<'p>> {
+    let idle_in_transaction = |p: &&Party| {
+        p.observed()
+            && p.usage.idle_in_transaction >= MIN_NOT_DB
+            && p.usage.idle_in_transaction.as_secs_f64()
+                >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
+    };
+    let holder = period
+        .parties
+        .iter()
+        .filter(idle_in_transaction)
+        .max_by_key(|p| p.usage.idle_in_transaction);
+    let (behind, holder_key) = match holder {
+        Some(p) => (p.site.to_string(), Some((p.site, p.span))),
+        // Now: a guard out past the threshold inside its transaction, whose
+        // time the period may not show yet.
+        None if !ctx.past => {
+            let guard = ctx.holders.iter().find(|h| {
+                h.state.as_deref() == Some("idle in transaction") && h.held_ms >= ms(ctx.threshold)
+            })?;
+            (guard.site.clone(), None)
+        }
+        None => return None,
+    };
+    let blocked: Vec<&Party> = period
+        .parties
+        .iter()
+        .filter(|p| {
+            Some((p.site, p.span)) != holder_key
+                && p.site.to_string() != behind
+                && p.observed()
+                && p.usage.busy >= MIN_NOT_DB
+                && p.usage.busy.as_secs_f64() >= BUSY_SHARE * p.usage.held.as_secs_f64()
+        })
+        .collect();
+    (!blocked.is_empty()).then_some(Blockage { behind, blocked })
+}
+
+fn is_blocked(blocked: &[&Party], p: &Party) -> bool {
+    blocked.iter().any(|b| b.site == p.site && b.span == p.span)
+}
+
+/// The affected line of a party blocked behind `behind`'s transaction.
+fn blocked_line(p: &Party, behind: &str, ctx: &Context<'_>) -> Evidence {
+    let mut detail = format!(
+        "held {} busy in the database ({:.0}% of its hold) while {behind} sat idle in transaction: likely blocked on its locks",
+        secs(p.usage.busy),
+        pct(p.usage.busy, p.usage.held),
+    );
+    let gave_up = p.counts.database.in_flight_at_return;
+    if gave_up > 0 {
+        detail.push_str(&format!(
+            "; {gave_up} gave up waiting (the call dropped mid-way, the connection closed)"
+        ));
+    }
+    detail.push_str(&span_suffix(p, ctx));
+    evidence(p.site.to_string(), detail)
 }
 
 /// Callers that waited (or gave up, or timed out) during the period,
@@ -158,6 +233,7 @@ fn leak(
     period: &Period,
     ctx: &Context<'_>,
     lock_holders: &[u64],
+    blockage: Option<&Blockage<'_>>,
 ) -> Option<(Verdict, Vec<CallSite>)> {
     let mut found = Vec::new();
     let mut sites = Vec::new();
@@ -238,12 +314,24 @@ fn leak(
         .filter(|p| sites.contains(&p.site))
         .map(|p| (p.site, p.span))
         .collect();
+    // Holds blocked behind a leaked transaction's locks.
+    let mut affected: Vec<Evidence> = blockage
+        .filter(|b| sites.iter().any(|s| s.to_string() == b.behind))
+        .map(|b| {
+            b.blocked
+                .iter()
+                .filter(|p| !causes.contains(&(p.site, p.span)))
+                .map(|p| blocked_line(p, &b.behind, ctx))
+                .collect()
+        })
+        .unwrap_or_default();
+    affected.extend(waiting_parties(period, &causes));
     Some((
         Verdict {
             kind: VerdictKind::Leak,
             reason: "connections are not coming back: held past the threshold with nothing running on them".to_owned(),
             evidence: found,
-            affected: waiting_parties(period, &causes),
+            affected,
         },
         sites,
     ))
@@ -510,21 +598,36 @@ fn in_use_growth_with_flat_demand(t: &[PressureSample], max_size: usize) -> Opti
     })
 }
 
-fn cleanup_path(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
+fn cleanup_path(period: &Period, ctx: &Context<'_>, blocked: &[&Party]) -> Option<Verdict> {
+    // A blocked hold's call given up mid-way is the block's doing (its
+    // verdict lists it among the affected).
+    let error_paths = |p: &Party| {
+        let gave_up = if is_blocked(blocked, p) {
+            p.counts.database.in_flight_at_return
+        } else {
+            0
+        };
+        p.counts.error_paths() - gave_up
+    };
     let mut culprits: Vec<&Party> = period
         .parties
         .iter()
-        .filter(|p| p.counts.error_paths() > 0)
+        .filter(|p| error_paths(p) > 0)
         .collect();
-    culprits.sort_by_key(|p| std::cmp::Reverse(p.counts.error_paths()));
+    culprits.sort_by_key(|p| std::cmp::Reverse(error_paths(p)));
     if culprits.is_empty() {
         return None;
     }
-    let mut kinds_seen = Vec::new();
+    let mut kinds_seen: Vec<&str> = Vec::new();
     let found = culprits
         .iter()
         .map(|p| {
             let c = &p.counts;
+            let in_flight = if is_blocked(blocked, p) {
+                0
+            } else {
+                c.database.in_flight_at_return
+            };
             let mut kinds = Vec::new();
             if c.database.rolled_back_by_drop > 0 {
                 kinds.push(format!(
@@ -540,10 +643,9 @@ fn cleanup_path(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
                 ));
                 kinds_seen.push("returned inside a transaction");
             }
-            if c.database.in_flight_at_return > 0 {
+            if in_flight > 0 {
                 kinds.push(format!(
-                    "{} dropped with a database call in flight (its future dropped unfinished)",
-                    c.database.in_flight_at_return
+                    "{in_flight} dropped with a database call in flight (its future dropped unfinished)"
                 ));
                 kinds_seen.push("dropped mid-call");
             }
@@ -554,13 +656,25 @@ fn cleanup_path(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
                 ));
                 kinds_seen.push("dropped while panicking");
             }
+            // A hold can end several ways at once (a call in flight inside
+            // an open transaction), so the kinds are not summed over holds.
             evidence(
                 p.site.to_string(),
-                format!("{} of {} holds ended on an error path{}: {}", c.error_paths(), c.holds, span_suffix(p, ctx), kinds.join("; ")),
+                format!(
+                    "error-path endings in {} ended holds{}: {}",
+                    c.holds,
+                    span_suffix(p, ctx),
+                    kinds.join("; ")
+                ),
             )
         })
         .collect();
-    kinds_seen.dedup();
+    let mut seen = Vec::new();
+    kinds_seen.retain(|kind| {
+        let first = !seen.contains(kind);
+        seen.push(*kind);
+        first
+    });
     Some(Verdict {
         kind: VerdictKind::CleanupPath,
         reason: format!(
@@ -635,7 +749,12 @@ fn holding(usage: &Usage) -> Holding {
     }
 }
 
-fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Option<Verdict> {
+fn long_hold(
+    period: &Period,
+    ctx: &Context<'_>,
+    leak_sites: &[CallSite],
+    blocked: &[&Party],
+) -> Option<Verdict> {
     let total = period.total();
     if total.held.is_zero() {
         return None;
@@ -683,7 +802,10 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
             .parties
             .iter()
             .filter(|p| {
+                // Long in calls behind another holder's transaction: its
+                // victims, not slow statements of their own.
                 !leak_sites.contains(&p.site)
+                    && !is_blocked(blocked, p)
                     && p.counts.longest_hold >= ctx.threshold
                     && share(p) >= CULPRIT_SHARE / 2.0
             })
@@ -770,16 +892,7 @@ fn long_hold(period: &Period, ctx: &Context<'_>, leak_sites: &[CallSite]) -> Opt
                 && p.usage.busy.as_secs_f64() >= BUSY_SHARE * p.usage.held.as_secs_f64()
                 && share(p) >= CULPRIT_SHARE / 2.0
         }) {
-            affected.push(evidence(
-                p.site.to_string(),
-                format!(
-                    "held {} busy in the database ({:.0}% of its hold) while {} sat idle in transaction: likely blocked on its locks{}",
-                    secs(p.usage.busy),
-                    pct(p.usage.busy, p.usage.held),
-                    culprits[0].site,
-                    span_suffix(p, ctx)
-                ),
-            ));
+            affected.push(blocked_line(p, &culprits[0].site.to_string(), ctx));
         }
     }
     affected.extend(waiting_parties(period, &causes));
@@ -1101,6 +1214,89 @@ mod tests {
         assert!(verdicts[0].evidence[0]
             .detail
             .contains("3 transaction(s) rolled back by drop"));
+    }
+
+    #[test]
+    fn calls_given_up_behind_an_idle_transaction_are_the_blocks_doing() {
+        // The culprit sits in its transaction; the refunds are busy
+        // (blocked on its row) and drop their calls at a client timeout.
+        let mut victim = party(20, 2000, 1950, 0, 600);
+        victim.counts.database.in_flight_at_return = 4;
+        let p = period(
+            vec![party(10, 1500, 20, 1450, 1500), victim, waiter(30, 900)],
+            true,
+            5.0,
+        );
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(
+            kinds(&verdicts),
+            vec![VerdictKind::LongHold],
+            "{verdicts:?}"
+        );
+        let v = &verdicts[0];
+        assert!(v.evidence[0].subject.starts_with("src/app.rs:10:"), "{v:?}");
+        assert!(v
+            .affected
+            .iter()
+            .any(|e| e.subject.contains(":20:") && e.detail.contains("4 gave up waiting")));
+    }
+
+    #[test]
+    fn a_blocked_holders_other_error_paths_are_still_its_own() {
+        let mut victim = party(20, 2000, 1950, 0, 600);
+        victim.counts.database.in_flight_at_return = 4;
+        victim.counts.outcomes.dropped_while_panicking = 1;
+        let p = period(vec![party(10, 1500, 20, 1450, 1500), victim], true, 5.0);
+        let verdicts = diagnose(&p, &ctx());
+        let cleanup = verdicts
+            .iter()
+            .find(|v| v.kind == VerdictKind::CleanupPath)
+            .expect("the panic is an error path");
+        let detail = &cleanup.evidence[0].detail;
+        assert!(detail.contains("1 dropped while panicking"), "{detail}");
+        assert!(!detail.contains("in flight"), "{detail}");
+    }
+
+    #[test]
+    fn slow_calls_behind_a_leaked_transaction_are_not_a_long_hold() {
+        // Now: a guard idle in its transaction past the threshold (not
+        // coming back), and holds long in calls behind it.
+        let holders = [HolderLine {
+            guard: 7,
+            site: site(10).to_string(),
+            held_ms: 2000.0,
+            state: Some("idle in transaction".to_owned()),
+            idle_ms: Some(1900.0),
+            ..HolderLine::default()
+        }];
+        let ctx = Context {
+            holders: &holders,
+            ..ctx()
+        };
+        let p = period(
+            vec![party(10, 600, 0, 0, 0), party(20, 2000, 1990, 0, 600)],
+            true,
+            5.0,
+        );
+        let verdicts = diagnose(&p, &ctx);
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::Leak], "{verdicts:?}");
+        assert!(verdicts[0].affected[0].subject.contains(":20:"));
+        assert!(verdicts[0].affected[0].detail.contains("likely blocked"));
+    }
+
+    #[test]
+    fn each_kind_of_ending_is_said_once() {
+        let mut a = party(10, 100, 90, 0, 20);
+        a.counts.database.rolled_back_by_drop = 2;
+        a.counts.database.in_flight_at_return = 1;
+        let mut b = party(20, 100, 90, 0, 20);
+        b.counts.database.rolled_back_by_drop = 1;
+        let verdicts = diagnose(&period(vec![a, b], false, 0.2), &ctx());
+        let reason = &verdicts[0].reason;
+        assert_eq!(reason.matches("rolled back by drop").count(), 1, "{reason}");
+        assert!(verdicts[0].evidence[0]
+            .detail
+            .starts_with("error-path endings in 10 ended holds"));
     }
 
     #[test]
