@@ -219,6 +219,20 @@ mod service {
         (line, touch.await)
     }
 
+    /// The nightly recompute: one statement batch that locks the account
+    /// row and works `seconds` in the database before it commits (busy
+    /// the whole time, not idle in a transaction).
+    pub async fn recompute_balances(pool: Pool, table: &str, seconds: f64) -> Result<u32, Error> {
+        let (client, line) = (pool.get().await?, line!());
+        client
+            .batch_execute(&format!(
+                "BEGIN; UPDATE {table} SET balance = balance WHERE id = 1; \
+                 SELECT pg_sleep({seconds}); COMMIT"
+            ))
+            .await?;
+        Ok(line)
+    }
+
     /// POST /coupons/apply — opens its transaction with a raw `BEGIN`;
     /// an expired coupon returns early with the transaction still open
     /// (the cleanup-path bug: nothing rolls it back).
@@ -556,6 +570,74 @@ async fn a_lock_chain_whose_victims_give_up_blames_the_holder() {
         "{refunds:?}"
     );
     assert_eq!(refunds.database.error_paths(), 0, "{refunds:?}");
+}
+
+/// A lock held by a holder *busy* in the database (a batch that locks the
+/// row and works on), with balance reads dropping their blocked update at
+/// a 250 ms deadline, wave after wave. While the server shows the chain,
+/// its head is named first; the balance reads, whether still blocked or
+/// already given up, are never a cause (no cleanup-path verdict for them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_lock_holder_is_named_and_its_victims_that_gave_up_are_not_blamed() {
+    accounts("scenario_busy_holder_accounts").await;
+    const TABLE: &str = "scenario_busy_holder_accounts";
+    let pool = pool("busy-lock-holder");
+    let job = tokio::spawn(
+        service::recompute_balances(pool.clone(), TABLE, 2.0)
+            .instrument(tracing::info_span!("recompute")),
+    );
+    tokio::time::sleep(ms(150)).await;
+    let waves = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut lines = Vec::new();
+            for _ in 0..5 {
+                let wave: Vec<_> = (0..2)
+                    .map(|_| {
+                        tokio::spawn(
+                            service::touch_balance_with_deadline(pool.clone(), TABLE, ms(250))
+                                .instrument(tracing::info_span!("balance")),
+                        )
+                    })
+                    .collect();
+                for task in wave {
+                    lines.push(task.await.unwrap());
+                }
+                tokio::time::sleep(ms(50)).await;
+            }
+            lines
+        })
+    };
+    let mut during = None;
+    wait_until(
+        "the server's view of the chain after a wave gave up",
+        || {
+            let report = pool.report();
+            let found = report.verdicts[0]
+                .reason
+                .contains("blocked in the database by guard")
+                && report.sites.iter().any(|s| {
+                    s.checkouts > s.outstanding && s.site.contains("diagnosis_scenarios.rs")
+                });
+            during = Some(report);
+            found
+        },
+    )
+    .await;
+    let during = during.unwrap();
+    let balances = waves.await.unwrap();
+    let gave_up = balances
+        .iter()
+        .filter(|(_, outcome)| outcome.is_err())
+        .count();
+    assert!(gave_up >= 6, "{gave_up} of {} gave up", balances.len());
+    let job_line = job.await.unwrap().unwrap();
+    let victims = [site(balances[0].0)];
+    assert_diagnosis(&during, VerdictKind::LongHold, &site(job_line), &victims);
+    assert!(
+        !during.kinds().contains(&VerdictKind::CleanupPath),
+        "{during}"
+    );
 }
 
 /// Error-path bugs in the middle of a burst: a handler that leaves its raw

@@ -93,15 +93,33 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     let has_locks = locks.is_some();
     verdicts.extend(locks.map(|l| l.0));
     let blockage = blocked_behind_idle_transaction(period, ctx);
-    let blocked = blockage.as_ref().map_or(&[][..], |b| &b.blocked[..]);
+    // Blocked: inferred behind an idle transaction, or, now, at the sites
+    // the server shows waiting in a lock chain (other than its heads).
+    let mut blocked: Vec<&Party> = blockage
+        .as_ref()
+        .map(|b| b.blocked.clone())
+        .unwrap_or_default();
+    let chain_heads: Vec<&str> = lock_guards
+        .iter()
+        .filter_map(|id| ctx.holders.iter().find(|h| h.guard == *id))
+        .map(|h| h.site.as_str())
+        .collect();
+    for p in &period.parties {
+        if lock_sites.contains(&p.site)
+            && !chain_heads.contains(&p.site.to_string().as_str())
+            && !is_blocked(&blocked, p)
+        {
+            blocked.push(p);
+        }
+    }
     let leak = leak(period, ctx, &lock_guards, blockage.as_ref());
     let leak_sites: Vec<CallSite> = leak.as_ref().map(|v| v.1.clone()).unwrap_or_default();
     verdicts.extend(leak.map(|v| v.0));
-    verdicts.extend(cleanup_path(period, ctx, blocked));
+    verdicts.extend(cleanup_path(period, ctx, &blocked));
     verdicts.extend(nested(period, ctx));
     let mut excluded = leak_sites.clone();
     excluded.extend(lock_sites);
-    let long = long_hold(period, ctx, &excluded, blocked);
+    let long = long_hold(period, ctx, &excluded, &blocked);
     let has_long_hold = long.is_some();
     verdicts.extend(long);
     if !has_long_hold && !has_locks {
