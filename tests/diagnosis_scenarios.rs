@@ -82,6 +82,19 @@ fn assert_no_victim_blamed(report: &Report, victims: &[String]) {
     }
 }
 
+/// The report once an episode is recorded and the pool is calm again.
+async fn once_the_episode_is_over(pool: &Pool) -> Report {
+    let mut after = None;
+    wait_until("the episode to end", || {
+        let report = pool.report();
+        let over = !report.episodes.is_empty() && !report.now.saturated;
+        after = Some(report);
+        over
+    })
+    .await;
+    after.unwrap()
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -518,15 +531,7 @@ async fn a_lock_chain_whose_victims_give_up_blames_the_holder() {
         "{during}"
     );
 
-    let mut after = None;
-    wait_until("the episode to end", || {
-        let report = pool.report();
-        let over = !report.episodes.is_empty() && !report.now.saturated;
-        after = Some(report);
-        over
-    })
-    .await;
-    let after = after.unwrap();
+    let after = once_the_episode_is_over(&pool).await;
     assert_diagnosis(&after, VerdictKind::LongHold, &site(culprit_line), &victims);
     assert!(
         !after.kinds().contains(&VerdictKind::CleanupPath),
@@ -592,7 +597,7 @@ async fn a_busy_lock_holder_is_named_and_its_victims_that_gave_up_are_not_blamed
         tokio::spawn(async move {
             let mut lines = Vec::new();
             for _ in 0..5 {
-                let wave: Vec<_> = (0..2)
+                let wave: Vec<_> = (0..3)
                     .map(|_| {
                         tokio::spawn(
                             service::touch_balance_with_deadline(pool.clone(), TABLE, ms(250))
@@ -630,7 +635,7 @@ async fn a_busy_lock_holder_is_named_and_its_victims_that_gave_up_are_not_blamed
         .iter()
         .filter(|(_, outcome)| outcome.is_err())
         .count();
-    assert!(gave_up >= 6, "{gave_up} of {} gave up", balances.len());
+    assert!(gave_up >= 9, "{gave_up} of {} gave up", balances.len());
     let job_line = job.await.unwrap().unwrap();
     let victims = [site(balances[0].0)];
     assert_diagnosis(&during, VerdictKind::LongHold, &site(job_line), &victims);
@@ -638,6 +643,35 @@ async fn a_busy_lock_holder_is_named_and_its_victims_that_gave_up_are_not_blamed
         !during.kinds().contains(&VerdictKind::CleanupPath),
         "{during}"
     );
+
+    // Once it is over the server's chain is gone, and so is the evidence
+    // of who blocked whom; the batch ran long in the database while the
+    // balance reads gave up theirs: the batch is named, the reads are its
+    // affected, not a cleanup-path bug.
+    let after = once_the_episode_is_over(&pool).await;
+    for episode in &after.episodes {
+        assert_eq!(episode.verdicts[0].kind, VerdictKind::LongHold, "{after}");
+        assert!(
+            episode.verdicts[0].evidence[0]
+                .subject
+                .starts_with(&site(job_line)),
+            "{after}"
+        );
+    }
+    assert!(
+        after.episodes.iter().any(|episode| episode.verdicts[0]
+            .affected
+            .iter()
+            .any(|e| e.subject.starts_with(&victims[0]) && e.detail.contains("gave up waiting"))),
+        "{after}"
+    );
+    let episode_verdicts = after.episodes.iter().flat_map(|e| &e.verdicts);
+    for verdict in after.verdicts.iter().chain(episode_verdicts) {
+        assert_ne!(verdict.kind, VerdictKind::CleanupPath, "{after}");
+        for e in &verdict.evidence {
+            assert!(!e.subject.starts_with(&victims[0]), "{after}");
+        }
+    }
 }
 
 /// Error-path bugs in the middle of a burst: a handler that leaves its raw

@@ -115,13 +115,18 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     let leak = leak(period, ctx, &lock_guards, blockage.as_ref());
     let leak_sites: Vec<CallSite> = leak.as_ref().map(|v| v.1.clone()).unwrap_or_default();
     verdicts.extend(leak.map(|v| v.0));
-    verdicts.extend(cleanup_path(period, ctx, &blocked));
-    verdicts.extend(nested(period, ctx));
     let mut excluded = leak_sites.clone();
     excluded.extend(lock_sites);
     let long = long_hold(period, ctx, &excluded, &blocked);
+    // Calls given up while another holder ran long in the database are
+    // that holder's victims too (the cleanup-path rule leaves them).
+    if let Some((_, gave_up)) = &long {
+        blocked.extend(gave_up.iter().copied());
+    }
+    verdicts.extend(cleanup_path(period, ctx, &blocked));
+    verdicts.extend(nested(period, ctx));
     let has_long_hold = long.is_some();
-    verdicts.extend(long);
+    verdicts.extend(long.map(|(verdict, _)| verdict));
     if !has_long_hold && !has_locks {
         verdicts.extend(concurrency_growth(period, ctx, &leak_sites));
     }
@@ -177,14 +182,6 @@ fn blocked_behind_idle_transaction<'p>(
         }
         None => return None,
     };
-    // Blocked holds are long in their calls: a hold reached half the
-    // threshold, or calls average 20 ms a checkout (short queries beside
-    // an idle transaction are no victims of it).
-    let long_in_calls = |p: &Party| {
-        let checkouts = u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
-        p.counts.longest_hold >= ctx.threshold / 2
-            || p.usage.busy / checkouts >= MIN_NOT_DB_PER_CHECKOUT * 4
-    };
     let blocked: Vec<&Party> = period
         .parties
         .iter()
@@ -193,11 +190,35 @@ fn blocked_behind_idle_transaction<'p>(
                 && p.site.to_string() != behind
                 && p.observed()
                 && p.usage.busy >= MIN_NOT_DB
-                && p.usage.busy.as_secs_f64() >= BUSY_SHARE * p.usage.held.as_secs_f64()
-                && long_in_calls(p)
+                && long_in_calls(p, ctx)
         })
         .collect();
     (!blocked.is_empty()).then_some(Blockage { behind, blocked })
+}
+
+/// Busy in the database for most of its hold, and long in its calls: a
+/// hold reached half the threshold, or calls average 20 ms a checkout
+/// (short queries beside a blocker are no victims of it).
+fn long_in_calls(p: &Party, ctx: &Context<'_>) -> bool {
+    p.observed()
+        && p.usage.busy >= MIN_NOT_DB
+        && p.usage.busy.as_secs_f64() >= BUSY_SHARE * p.usage.held.as_secs_f64()
+        && (p.counts.longest_hold >= ctx.threshold / 2
+            || in_calls_per_checkout(p) >= MIN_NOT_DB_PER_CHECKOUT * 4)
+}
+
+/// Time in database calls per checkout of the time `usage` covers: a hold
+/// still in its call (begun before the period) counts, where the longest
+/// ended hold does not see it.
+fn in_calls_per_checkout(p: &Party) -> Duration {
+    p.usage.busy / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX)
+}
+
+/// A hold that spans the whole period (begun before it, still held),
+/// past the threshold in calls within it: the longest ended hold does not
+/// see it.
+fn in_one_call_throughout(p: &Party, ctx: &Context<'_>) -> bool {
+    p.counts.checkouts == 0 && p.counts.holds == 0 && p.usage.busy >= ctx.threshold
 }
 
 fn is_blocked(blocked: &[&Party], p: &Party) -> bool {
@@ -776,12 +797,14 @@ fn holding(usage: &Usage) -> Holding {
     }
 }
 
-fn long_hold(
-    period: &Period,
+/// The long-hold verdict, and the parties it lists as having given up
+/// calls behind its slow-call culprits.
+fn long_hold<'p>(
+    period: &'p Period,
     ctx: &Context<'_>,
     leak_sites: &[CallSite],
     blocked: &[&Party],
-) -> Option<Verdict> {
+) -> Option<(Verdict, Vec<&'p Party>)> {
     let total = period.total();
     if total.held.is_zero() {
         return None;
@@ -833,7 +856,7 @@ fn long_hold(
                 // victims, not slow statements of their own.
                 !leak_sites.contains(&p.site)
                     && !is_blocked(blocked, p)
-                    && p.counts.longest_hold >= ctx.threshold
+                    && (p.counts.longest_hold >= ctx.threshold || in_one_call_throughout(p, ctx))
                     && share(p) >= CULPRIT_SHARE / 2.0
             })
             .collect();
@@ -922,13 +945,38 @@ fn long_hold(
             affected.push(blocked_line(p, &culprits[0].site.to_string(), ctx));
         }
     }
+    let mut gave_up = Vec::new();
+    if slow_calls || top == Holding::SlowCalls {
+        // Long in calls themselves, giving up (a request deadline) while
+        // the culprits ran long in the database: behind the same locks or
+        // the same load, its victims.
+        for p in period.parties.iter().filter(|p| {
+            !causes.contains(&(p.site, p.span))
+                && p.counts.database.in_flight_at_return > 0
+                && long_in_calls(p, ctx)
+        }) {
+            let mut detail = format!(
+                "held {} busy in the database ({:.0}% of its hold) while {} ran long in the database: likely behind its locks or load; {} gave up waiting (the call dropped mid-way, the connection closed)",
+                secs(p.usage.busy),
+                pct(p.usage.busy, p.usage.held),
+                culprits[0].site,
+                p.counts.database.in_flight_at_return
+            );
+            detail.push_str(&span_suffix(p, ctx));
+            affected.push(evidence(p.site.to_string(), detail));
+            gave_up.push(p);
+        }
+    }
     affected.extend(waiting_parties(period, &causes));
-    Some(Verdict {
-        kind: VerdictKind::LongHold,
-        reason,
-        evidence: found,
-        affected,
-    })
+    Some((
+        Verdict {
+            kind: VerdictKind::LongHold,
+            reason,
+            evidence: found,
+            affected,
+        },
+        gave_up,
+    ))
 }
 
 /// What a busy runtime adds to a verdict: its delay, if notable.
@@ -1090,6 +1138,14 @@ mod tests {
         }
     }
 
+    /// `p` with `n` checkouts, all ended, in the time its usage covers.
+    fn with_checkouts(mut p: Party, n: u64) -> Party {
+        p.counts.checkouts = n;
+        p.counts.holds = n;
+        p.usage.checkouts = n;
+        p
+    }
+
     fn waiter(line: u32, waited: u64) -> Party {
         let mut p = party(line, 0, 0, 0, 0);
         p.counts.waits = 5;
@@ -1204,10 +1260,7 @@ mod tests {
     /// past the not-database floor, but no hold carries work: growth.
     #[test]
     fn a_burst_of_short_holds_with_scheduling_gaps_is_growth_not_a_long_hold() {
-        let mut burst = party(10, 515, 366, 0, 9);
-        burst.counts.checkouts = 300;
-        burst.counts.holds = 300;
-        burst.usage.checkouts = 300;
+        let mut burst = with_checkouts(party(10, 515, 366, 0, 9), 300);
         let p = period(vec![burst.clone(), waiter(10, 900)], true, 94.0);
         let verdicts = diagnose(&p, &ctx());
         assert_eq!(kinds(&verdicts), vec![VerdictKind::ConcurrencyGrowth]);
@@ -1243,6 +1296,19 @@ mod tests {
             .contains("3 transaction(s) rolled back by drop"));
     }
 
+    /// One verdict, a long hold naming line 10 alone; line 20 among its
+    /// affected, having given up 4 calls.
+    fn assert_one_long_hold_with_a_victim_that_gave_up(verdicts: &[Verdict]) {
+        assert_eq!(kinds(verdicts), vec![VerdictKind::LongHold], "{verdicts:?}");
+        let v = &verdicts[0];
+        assert!(v.evidence[0].subject.starts_with("src/app.rs:10:"), "{v:?}");
+        assert!(v.evidence.iter().all(|e| !e.subject.contains(":20:")));
+        assert!(v
+            .affected
+            .iter()
+            .any(|e| e.subject.contains(":20:") && e.detail.contains("4 gave up waiting")));
+    }
+
     #[test]
     fn calls_given_up_behind_an_idle_transaction_are_the_blocks_doing() {
         // The culprit sits in its transaction; the refunds are busy
@@ -1254,18 +1320,7 @@ mod tests {
             true,
             5.0,
         );
-        let verdicts = diagnose(&p, &ctx());
-        assert_eq!(
-            kinds(&verdicts),
-            vec![VerdictKind::LongHold],
-            "{verdicts:?}"
-        );
-        let v = &verdicts[0];
-        assert!(v.evidence[0].subject.starts_with("src/app.rs:10:"), "{v:?}");
-        assert!(v
-            .affected
-            .iter()
-            .any(|e| e.subject.contains(":20:") && e.detail.contains("4 gave up waiting")));
+        assert_one_long_hold_with_a_victim_that_gave_up(&diagnose(&p, &ctx()));
     }
 
     #[test]
@@ -1341,6 +1396,25 @@ mod tests {
             .iter()
             .flat_map(|v| &v.affected)
             .all(|e| !e.detail.contains("likely blocked")));
+    }
+
+    #[test]
+    fn calls_given_up_while_a_holder_ran_long_in_the_database_are_its_victims() {
+        // A batch still in its one long call (begun before the period),
+        // and reads that dropped their calls at a 250 ms deadline.
+        let batch = with_checkouts(party(10, 900, 900, 0, 0), 0);
+        let mut reads = party(20, 1000, 1000, 0, 250);
+        reads.counts.database.in_flight_at_return = 4;
+        let verdicts = diagnose(&period(vec![batch, reads], true, 3.5), &ctx());
+        assert_one_long_hold_with_a_victim_that_gave_up(&verdicts);
+    }
+
+    #[test]
+    fn calls_given_up_with_no_one_else_to_blame_are_a_cleanup_path() {
+        let mut reads = party(20, 1000, 1000, 0, 250);
+        reads.counts.database.in_flight_at_return = 4;
+        let verdicts = diagnose(&period(vec![reads], false, 1.0), &ctx());
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::CleanupPath]);
     }
 
     #[test]
