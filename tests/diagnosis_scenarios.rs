@@ -246,6 +246,64 @@ mod service {
         Ok(line)
     }
 
+    /// POST /deposit — a serializable read-modify-write of the account,
+    /// retried on each serialization failure (a new checkout each time).
+    /// The checkout's line, and how many attempts failed.
+    pub async fn deposit_serializable(pool: Pool, table: &str) -> Result<(u32, u32), Error> {
+        let mut failed = 0;
+        loop {
+            let (mut client, line) = (pool.get().await?, line!());
+            let attempt: Result<(), tokio_postgres::Error> = async {
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                    .start()
+                    .await?;
+                let balance: i32 = tx
+                    .query_one(&format!("SELECT balance FROM {table} WHERE id = 1"), &[])
+                    .await?
+                    .get(0);
+                tokio::time::sleep(Duration::from_millis(2)).await; // the fee lookup
+                tx.execute(
+                    &format!("UPDATE {table} SET balance = $1 WHERE id = 1"),
+                    &[&(balance + 1)],
+                )
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            match attempt {
+                Ok(()) => return Ok((line, failed)),
+                Err(e)
+                    if e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) =>
+                {
+                    failed += 1
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// POST /swap — moves balance between two accounts, locking `from`
+    /// first: two swaps in opposite directions deadlock (the database
+    /// detects it after `deadlock_timeout` and fails one). The checkout's
+    /// line, and how the swap went.
+    pub async fn swap(pool: Pool, table: &str, from: i32, to: i32) -> (u32, Result<(), Error>) {
+        let (client, line) = (pool.get().await, line!());
+        let swap = async {
+            let mut client = client?;
+            let tx = client.transaction().await?;
+            let update = format!("UPDATE {table} SET balance = balance + 1 WHERE id = $1");
+            tx.execute(&update, &[&from]).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.execute(&update, &[&to]).await?;
+            tx.commit().await?;
+            Ok(())
+        };
+        (line, swap.await)
+    }
+
     /// POST /coupons/apply — opens its transaction with a raw `BEGIN`;
     /// an expired coupon returns early with the transaction still open
     /// (the cleanup-path bug: nothing rolls it back).
@@ -672,6 +730,78 @@ async fn a_busy_lock_holder_is_named_and_its_victims_that_gave_up_are_not_blamed
             assert!(!e.subject.starts_with(&victims[0]), "{after}");
         }
     }
+}
+
+/// Deadlocking swaps among a serializable retry storm: swaps wait on each
+/// other's row locks in the database for the deadlock timeout (a second)
+/// while deposits retry their serialization failures on the remaining
+/// connections and pile up waiting. The swaps are named (long inside
+/// database calls, waiting on locks); the deposits, short transactions
+/// idle a few milliseconds inside each, are neither a cause nor the lock
+/// holder others wait behind, and their failed attempts are no error path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlocking_swaps_in_a_serializable_retry_storm_are_named() {
+    accounts("scenario_deadlock_accounts").await;
+    const TABLE: &str = "scenario_deadlock_accounts";
+    let config = support::pg::pg_config().unwrap();
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("INSERT INTO {TABLE} VALUES (2, 100), (3, 100)"))
+        .await
+        .unwrap();
+    let pool = pool_with("deadlock-storm", |w| w.window(Duration::from_secs(60)));
+    let deposits: Vec<_> = (0..12)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(
+                async move {
+                    let mut done = (0, 0);
+                    for _ in 0..10 {
+                        let (line, failed) =
+                            service::deposit_serializable(pool.clone(), TABLE).await?;
+                        done = (line, done.1 + failed);
+                    }
+                    Ok::<_, service::Error>(done)
+                }
+                .instrument(tracing::info_span!("deposit")),
+            )
+        })
+        .collect();
+    let swaps: Vec<_> = (0..6)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 { (2, 3) } else { (3, 2) };
+            tokio::spawn(
+                service::swap(pool.clone(), TABLE, from, to)
+                    .instrument(tracing::info_span!("swap")),
+            )
+        })
+        .collect();
+    let (mut deposit_line, mut serialization_failures) = (0, 0);
+    for task in deposits {
+        let (line, failed) = task.await.unwrap().unwrap();
+        deposit_line = line;
+        serialization_failures += failed;
+    }
+    let (mut swap_line, mut deadlocked) = (0, 0);
+    for task in swaps {
+        let (line, outcome) = task.await.unwrap();
+        swap_line = line;
+        deadlocked += usize::from(outcome.is_err());
+    }
+    assert!(deadlocked >= 1, "no swap deadlocked");
+    assert!(serialization_failures >= 1, "no serialization failure");
+    let report = pool.report();
+    let victims = [site(deposit_line)];
+    assert_diagnosis(&report, VerdictKind::LongHold, &site(swap_line), &victims);
+    assert!(
+        report.verdicts[0].reason.contains("inside database calls"),
+        "{report}"
+    );
+    assert!(
+        !report.kinds().contains(&VerdictKind::CleanupPath),
+        "{report}"
+    );
 }
 
 /// Error-path bugs in the middle of a burst: a handler that leaves its raw

@@ -159,11 +159,17 @@ fn blocked_behind_idle_transaction<'p>(
     period: &'p Period,
     ctx: &Context<'_>,
 ) -> Option<Blockage<'p>> {
+    // Long inside its transactions, as a lock holder others wait behind
+    // is: many short transactions, idle between their statements for a
+    // few milliseconds each, hold no lock long enough to block anyone.
     let idle_in_transaction = |p: &&Party| {
+        let checkouts = u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
         p.observed()
             && p.usage.idle_in_transaction >= MIN_NOT_DB
             && p.usage.idle_in_transaction.as_secs_f64()
                 >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
+            && (p.counts.longest_hold >= ctx.threshold / 2
+                || p.usage.idle_in_transaction / checkouts >= MIN_NOT_DB_PER_CHECKOUT * 4)
     };
     let holder = period
         .parties
@@ -1415,6 +1421,25 @@ mod tests {
         reads.counts.database.in_flight_at_return = 4;
         let verdicts = diagnose(&period(vec![reads], false, 1.0), &ctx());
         assert_eq!(kinds(&verdicts), vec![VerdictKind::CleanupPath]);
+    }
+
+    #[test]
+    fn short_transactions_idle_between_statements_block_no_one() {
+        // 240 transactions of a few ms, most of it idle inside them, and
+        // deadlocking swaps long in their calls: the swaps are the slow
+        // calls, not victims of the short transactions.
+        let deposits = with_checkouts(party(10, 1100, 200, 880, 12), 240);
+        let p = period(vec![deposits, party(20, 6000, 5600, 400, 2100)], true, 15.0);
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(
+            kinds(&verdicts),
+            vec![VerdictKind::LongHold],
+            "{verdicts:?}"
+        );
+        assert!(verdicts[0].evidence[0]
+            .subject
+            .starts_with("src/app.rs:20:"));
+        assert!(verdicts[0].reason.contains("inside database calls"));
     }
 
     #[test]
