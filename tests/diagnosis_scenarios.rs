@@ -304,6 +304,31 @@ mod service {
         (line, swap.await)
     }
 
+    /// GET /reports/revenue — a query the server cancels at the session's
+    /// `statement_timeout` (400 ms): the caller gets the error. The
+    /// checkout's line, and whether it was canceled.
+    pub async fn revenue_report(pool: Pool) -> Result<(u32, bool), Error> {
+        let (client, line) = (pool.get().await?, line!());
+        client
+            .batch_execute("SET statement_timeout = '400ms'")
+            .await?;
+        let canceled = client.query("SELECT pg_sleep(2)", &[]).await.is_err();
+        client.batch_execute("RESET statement_timeout").await?;
+        Ok((line, canceled))
+    }
+
+    /// GET /orders — an ORM-style page: one query per order, sixty round
+    /// trips on one checkout (N+1).
+    pub async fn orders_page(pool: Pool, page: i64) -> Result<u32, Error> {
+        let (client, line) = (pool.get().await?, line!());
+        for order in 0..60i64 {
+            client
+                .query_one("SELECT $1::int8 AS id", &[&(page * 100 + order)])
+                .await?;
+        }
+        Ok(line)
+    }
+
     /// POST /coupons/apply — opens its transaction with a raw `BEGIN`;
     /// an expired coupon returns early with the transaction still open
     /// (the cleanup-path bug: nothing rolls it back).
@@ -802,6 +827,59 @@ async fn deadlocking_swaps_in_a_serializable_retry_storm_are_named() {
         !report.kinds().contains(&VerdictKind::CleanupPath),
         "{report}"
     );
+}
+
+/// Report queries running into the server's `statement_timeout` (400 ms
+/// each, canceled) while forty N+1 order pages (sixty round trips a
+/// checkout) wait: the reports hold two thirds of the connection time,
+/// inside database calls, and are named; the pages, whose time outside
+/// calls is only the turn between one answer and the next request, are
+/// not "held across other work", and the canceled statements are no calls
+/// in flight (their connections are kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_hitting_the_timeout_are_named_not_the_n_plus_one_pages() {
+    let pool = pool_with("timeouts-and-pages", |w| w.window(Duration::from_secs(60)));
+    let reports: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(
+                service::revenue_report(pool.clone()).instrument(tracing::info_span!("revenue")),
+            )
+        })
+        .collect();
+    let pages: Vec<_> = (0..40)
+        .map(|page| {
+            tokio::spawn(
+                service::orders_page(pool.clone(), page).instrument(tracing::info_span!("orders")),
+            )
+        })
+        .collect();
+    let (mut report_line, mut canceled) = (0, 0);
+    for task in reports {
+        let (line, was_canceled) = task.await.unwrap().unwrap();
+        report_line = line;
+        canceled += usize::from(was_canceled);
+    }
+    let mut page_line = 0;
+    for task in pages {
+        page_line = task.await.unwrap().unwrap();
+    }
+    assert_eq!(canceled, 6);
+    let report = pool.report();
+    assert_diagnosis(
+        &report,
+        VerdictKind::LongHold,
+        &site(report_line),
+        &[site(page_line)],
+    );
+    assert!(
+        report.verdicts[0].reason.contains("inside database calls"),
+        "{report}"
+    );
+    assert!(
+        !report.kinds().contains(&VerdictKind::CleanupPath),
+        "{report}"
+    );
+    assert_eq!(pool.pool_status().size, 4, "no connection was evicted");
 }
 
 /// Error-path bugs in the middle of a burst: a handler that leaves its raw

@@ -32,6 +32,9 @@ const MIN_NOT_DB: Duration = Duration::from_millis(50);
 /// scheduling delay between a call's answer and the guard's drop, which
 /// is no work held across.
 const MIN_NOT_DB_PER_CHECKOUT: Duration = Duration::from_millis(5);
+/// ... and at least this much per statement: a hold making many round
+/// trips spends a runtime turn between each answer and its next request.
+const MIN_NOT_DB_PER_STATEMENT: Duration = Duration::from_millis(1);
 /// ... and at least this many times the runtime's scheduling delay (a
 /// task's wait for its turn, `ledger::lag`): a hold waits its turn about
 /// this often with nothing of its own to do — to send its statement, to
@@ -834,9 +837,17 @@ fn long_hold<'p>(
             // Over the checkouts of the time `usage` covers (a window's
             // saturated ticks, say), not all the period counted.
             let per_checkout = not_db / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
+            // ... and between its statements: sixty round trips each give
+            // the runtime a turn, which adds up to no work either.
+            let db = &p.counts.database;
+            let statements_per_hold = (db.statements / db.observed_holds.max(1)).max(1);
+            let per_statement =
+                per_checkout / u32::try_from(statements_per_hold).unwrap_or(u32::MAX);
             not_db >= MIN_NOT_DB
                 && not_db.as_secs_f64() >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
-                && (reached_threshold || per_checkout >= per_checkout_floor)
+                && (reached_threshold
+                    || (per_checkout >= per_checkout_floor
+                        && per_statement >= MIN_NOT_DB_PER_STATEMENT))
                 && (period.saturated || reached_threshold)
         } else {
             p.counts.longest_hold >= ctx.threshold
@@ -1440,6 +1451,27 @@ mod tests {
             .subject
             .starts_with("src/app.rs:20:"));
         assert!(verdicts[0].reason.contains("inside database calls"));
+    }
+
+    #[test]
+    fn round_trips_of_an_n_plus_one_page_are_no_work_held_across() {
+        // 40 holds of 18 ms, 48 % between sixty statements each: 8.6 ms a
+        // hold outside calls, 0.14 ms a statement. Beside them, report
+        // queries past the threshold in their calls.
+        let mut pages = with_checkouts(party(10, 720, 370, 0, 21), 40);
+        pages.counts.database.observed_holds = 40;
+        pages.counts.database.statements = 40 * 60;
+        let reports = party(20, 2400, 2390, 0, 410);
+        let p = period(vec![pages, reports, waiter(10, 9000)], true, 30.0);
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(verdicts[0].kind, VerdictKind::LongHold, "{verdicts:?}");
+        assert!(verdicts[0].evidence[0]
+            .subject
+            .starts_with("src/app.rs:20:"));
+        assert!(verdicts
+            .iter()
+            .all(|v| v.kind == VerdictKind::ConcurrencyGrowth
+                || v.evidence.iter().all(|e| !e.subject.contains(":10:"))));
     }
 
     #[test]
