@@ -65,6 +65,20 @@ fn assert_diagnosis(report: &Report, kind: VerdictKind, culprit: &str, victims: 
     assert_no_victim_blamed(report, victims);
 }
 
+/// A long hold inside database calls comes first, naming `culprit`; no
+/// victim is blamed and nothing is called a cleanup-path bug.
+fn assert_slow_calls_named(report: &Report, culprit: &str, victims: &[String]) {
+    assert_diagnosis(report, VerdictKind::LongHold, culprit, victims);
+    assert!(
+        report.verdicts[0].reason.contains("inside database calls"),
+        "{report}"
+    );
+    assert!(
+        !report.kinds().contains(&VerdictKind::CleanupPath),
+        "{report}"
+    );
+}
+
 fn assert_no_victim_blamed(report: &Report, victims: &[String]) {
     for verdict in &report.verdicts {
         if verdict.kind == VerdictKind::ConcurrencyGrowth {
@@ -817,16 +831,7 @@ async fn deadlocking_swaps_in_a_serializable_retry_storm_are_named() {
     assert!(deadlocked >= 1, "no swap deadlocked");
     assert!(serialization_failures >= 1, "no serialization failure");
     let report = pool.report();
-    let victims = [site(deposit_line)];
-    assert_diagnosis(&report, VerdictKind::LongHold, &site(swap_line), &victims);
-    assert!(
-        report.verdicts[0].reason.contains("inside database calls"),
-        "{report}"
-    );
-    assert!(
-        !report.kinds().contains(&VerdictKind::CleanupPath),
-        "{report}"
-    );
+    assert_slow_calls_named(&report, &site(swap_line), &[site(deposit_line)]);
 }
 
 /// Report queries running into the server's `statement_timeout` (400 ms
@@ -865,20 +870,7 @@ async fn statements_hitting_the_timeout_are_named_not_the_n_plus_one_pages() {
     }
     assert_eq!(canceled, 6);
     let report = pool.report();
-    assert_diagnosis(
-        &report,
-        VerdictKind::LongHold,
-        &site(report_line),
-        &[site(page_line)],
-    );
-    assert!(
-        report.verdicts[0].reason.contains("inside database calls"),
-        "{report}"
-    );
-    assert!(
-        !report.kinds().contains(&VerdictKind::CleanupPath),
-        "{report}"
-    );
+    assert_slow_calls_named(&report, &site(report_line), &[site(page_line)]);
     assert_eq!(pool.pool_status().size, 4, "no connection was evicted");
 }
 
