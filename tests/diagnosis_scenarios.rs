@@ -343,6 +343,23 @@ mod service {
         Ok(line)
     }
 
+    /// GET /orders/:id/status behind the service's 150 ms request
+    /// deadline (a timeout layer around the whole handler): a checkout and
+    /// two 30 ms queries. The checkout's line, and whether the deadline
+    /// cut the request.
+    pub async fn order_status(pool: Pool, deadline: Duration) -> (u32, bool) {
+        let line = std::sync::atomic::AtomicU32::new(0);
+        let handler = async {
+            let (client, at) = (pool.get().await?, line!());
+            line.store(at, std::sync::atomic::Ordering::Relaxed);
+            client.query("SELECT pg_sleep(0.03)", &[]).await?;
+            client.query("SELECT pg_sleep(0.03)", &[]).await?;
+            Ok::<_, Error>(())
+        };
+        let cut = tokio::time::timeout(deadline, handler).await.is_err();
+        (line.load(std::sync::atomic::Ordering::Relaxed), cut)
+    }
+
     /// POST /coupons/apply — opens its transaction with a raw `BEGIN`;
     /// an expired coupon returns early with the transaction still open
     /// (the cleanup-path bug: nothing rolls it back).
@@ -872,6 +889,66 @@ async fn statements_hitting_the_timeout_are_named_not_the_n_plus_one_pages() {
     let report = pool.report();
     assert_slow_calls_named(&report, &site(report_line), &[site(page_line)]);
     assert_eq!(pool.pool_status().size, 4, "no connection was evicted");
+}
+
+/// Requests behind a 150 ms deadline while three export jobs hold three
+/// of four connections across their uploads: most requests spend their
+/// deadline waiting and are cut — some while waiting, some mid-call once
+/// they got a connection. The exports are the culprit, named first; the
+/// requests are affected, their cut calls no cleanup-path bug of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_by_their_deadline_behind_a_job_are_affected() {
+    let pool = pool("deadlines-behind-a-job");
+    let exports: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(
+                service::nightly_export(pool.clone(), 7).instrument(tracing::info_span!("export")),
+            )
+        })
+        .collect();
+    tokio::time::sleep(ms(50)).await;
+    let mut requests = Vec::new();
+    for id in 0..60 {
+        requests.push(tokio::spawn(
+            service::order_status(pool.clone(), ms(150)).instrument(tracing::info_span!("status")),
+        ));
+        if id % 3 == 0 {
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+    let (mut request_line, mut cut) = (0, 0);
+    for task in requests {
+        let (line, was_cut) = task.await.unwrap();
+        request_line = request_line.max(line);
+        cut += usize::from(was_cut);
+    }
+    let export_line = jobs_line(exports).await;
+    assert!(cut >= 30, "only {cut} requests were cut");
+    let report = pool.report();
+    let victims = [site(request_line)];
+    let requests = &victims[0];
+    assert_diagnosis(&report, VerdictKind::LongHold, &site(export_line), &victims);
+    assert!(
+        !report.kinds().contains(&VerdictKind::CleanupPath),
+        "{report}"
+    );
+    let status = report
+        .sites
+        .iter()
+        .find(|s| s.site.starts_with(requests.as_str()))
+        .unwrap();
+    assert!(
+        status.error_paths.in_flight_at_drop > 0,
+        "no request was cut mid-call: {report}"
+    );
+    assert!(
+        report.verdicts[0]
+            .affected
+            .iter()
+            .any(|e| e.subject.starts_with(requests.as_str())
+                && e.detail.contains("ran out of time mid-call")),
+        "{report}"
+    );
 }
 
 /// Error-path bugs in the middle of a burst: a handler that leaves its raw

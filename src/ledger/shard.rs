@@ -43,6 +43,9 @@ pub(crate) struct Outstanding {
     connection: u32,
     /// Acquired while the thread was unwinding.
     opened_while_panicking: bool,
+    /// Its acquire had to wait: a call dropped mid-way at the caller's
+    /// deadline then is the wait's doing as much as the caller's.
+    opened_after_wait: bool,
     /// Escalation levels the watchdog's scan marked, and reported.
     #[cfg(feature = "leak-report")]
     flagged: u8,
@@ -383,6 +386,7 @@ impl ShardState {
             origin,
             connection,
             opened_while_panicking: checkout.panicking,
+            opened_after_wait: !checkout.waited.is_zero(),
             #[cfg(feature = "leak-report")]
             flagged: 0,
             #[cfg(feature = "leak-report")]
@@ -440,6 +444,7 @@ impl ShardState {
                 let in_flight = activity.in_flight > 0;
                 let open = activity.transaction.is_open();
                 db.in_flight_at_return += u64::from(in_flight);
+                db.in_flight_after_wait += u64::from(in_flight && entry.opened_after_wait);
                 db.open_transaction_at_return += u64::from(open);
                 in_flight || open
             }

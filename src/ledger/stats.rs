@@ -61,6 +61,9 @@ pub(crate) struct DatabaseCounts {
     pub(crate) statements: u64,
     pub(crate) open_transaction_at_return: u64,
     pub(crate) in_flight_at_return: u64,
+    /// Of those, holds whose acquire had waited (a request deadline that
+    /// the wait used up, then cut the call).
+    pub(crate) in_flight_after_wait: u64,
     pub(crate) committed: u64,
     pub(crate) rolled_back: u64,
     pub(crate) rolled_back_by_drop: u64,
@@ -80,6 +83,7 @@ impl DatabaseCounts {
         self.statements += other.statements;
         self.open_transaction_at_return += other.open_transaction_at_return;
         self.in_flight_at_return += other.in_flight_at_return;
+        self.in_flight_after_wait += other.in_flight_after_wait;
         self.committed += other.committed;
         self.rolled_back += other.rolled_back;
         self.rolled_back_by_drop += other.rolled_back_by_drop;

@@ -126,13 +126,20 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     if let Some((_, gave_up)) = &long {
         blocked.extend(gave_up.iter().copied());
     }
-    verdicts.extend(cleanup_path(period, ctx, &blocked));
-    verdicts.extend(nested(period, ctx));
     let has_long_hold = long.is_some();
+    let growth = if !has_long_hold && !has_locks {
+        concurrency_growth(period, ctx, &leak_sites)
+    } else {
+        None
+    };
+    // Whether a verdict says why callers waited: then a call cut by its
+    // caller's deadline after a wait for the connection is that cause's
+    // doing (its verdict lists the waiters).
+    let waits_explained = has_locks || !verdicts.is_empty() || has_long_hold || growth.is_some();
+    verdicts.extend(cleanup_path(period, ctx, &blocked, waits_explained));
+    verdicts.extend(nested(period, ctx));
     verdicts.extend(long.map(|(verdict, _)| verdict));
-    if !has_long_hold && !has_locks {
-        verdicts.extend(concurrency_growth(period, ctx, &leak_sites));
-    }
+    verdicts.extend(growth);
     if verdicts.is_empty() {
         verdicts.push(Verdict {
             kind: VerdictKind::Healthy,
@@ -280,6 +287,12 @@ fn waiting_parties(period: &Period, causes: &[(CallSite, Option<&'static str>)])
             }
             if p.counts.cancelled > 0 {
                 detail.push_str(&format!("; {} gave up (cancelled)", p.counts.cancelled));
+            }
+            let cut = p.counts.database.in_flight_after_wait;
+            if cut > 0 {
+                detail.push_str(&format!(
+                    "; {cut} ran out of time mid-call after the wait (a deadline dropped the call, the connection closed)"
+                ));
             }
             evidence(p.site.to_string(), detail)
         })
@@ -655,17 +668,27 @@ fn in_use_growth_with_flat_demand(t: &[PressureSample], max_size: usize) -> Opti
     })
 }
 
-fn cleanup_path(period: &Period, ctx: &Context<'_>, blocked: &[&Party]) -> Option<Verdict> {
-    // A blocked hold's call given up mid-way is the block's doing (its
-    // verdict lists it among the affected).
-    let error_paths = |p: &Party| {
-        let gave_up = if is_blocked(blocked, p) {
-            p.counts.database.in_flight_at_return
+fn cleanup_path(
+    period: &Period,
+    ctx: &Context<'_>,
+    blocked: &[&Party],
+    waits_explained: bool,
+) -> Option<Verdict> {
+    // A blocked hold's call given up mid-way is the block's doing, and so
+    // is one cut by a deadline its wait for the connection used up when
+    // another verdict says why callers waited (those verdicts list them
+    // among the affected).
+    let gave_up = |p: &Party| {
+        let db = &p.counts.database;
+        if is_blocked(blocked, p) {
+            db.in_flight_at_return
+        } else if waits_explained {
+            db.in_flight_after_wait.min(db.in_flight_at_return)
         } else {
             0
-        };
-        p.counts.error_paths() - gave_up
+        }
     };
+    let error_paths = |p: &Party| p.counts.error_paths() - gave_up(p);
     let mut culprits: Vec<&Party> = period
         .parties
         .iter()
@@ -680,11 +703,7 @@ fn cleanup_path(period: &Period, ctx: &Context<'_>, blocked: &[&Party]) -> Optio
         .iter()
         .map(|p| {
             let c = &p.counts;
-            let in_flight = if is_blocked(blocked, p) {
-                0
-            } else {
-                c.database.in_flight_at_return
-            };
+            let in_flight = c.database.in_flight_at_return - gave_up(p);
             let mut kinds = Vec::new();
             if c.database.rolled_back_by_drop > 0 {
                 kinds.push(format!(
@@ -1472,6 +1491,35 @@ mod tests {
             .iter()
             .all(|v| v.kind == VerdictKind::ConcurrencyGrowth
                 || v.evidence.iter().all(|e| !e.subject.contains(":10:"))));
+    }
+
+    #[test]
+    fn calls_cut_by_a_deadline_after_waiting_are_the_waits_doing() {
+        // An export holds the pool across uploads; requests with a 150 ms
+        // deadline spend it waiting and are cut mid-call.
+        let mut requests = waiter(20, 8000);
+        requests.usage.held = ms(480);
+        requests.usage.busy = ms(465);
+        requests.counts.holds = 22;
+        requests.counts.database.in_flight_at_return = 20;
+        requests.counts.database.in_flight_after_wait = 20;
+        let p = period(vec![party(10, 3600, 250, 0, 1200), requests], true, 15.0);
+        let verdicts = diagnose(&p, &ctx());
+        assert_eq!(
+            kinds(&verdicts),
+            vec![VerdictKind::LongHold],
+            "{verdicts:?}"
+        );
+        assert!(verdicts[0].affected.iter().any(
+            |e| e.subject.contains(":20:") && e.detail.contains("20 ran out of time mid-call")
+        ));
+        // With nothing to say why they waited, the cut calls are the
+        // finding.
+        let mut alone = waiter(20, 100);
+        alone.counts.database.in_flight_at_return = 2;
+        alone.counts.database.in_flight_after_wait = 2;
+        let verdicts = diagnose(&period(vec![alone], false, 0.5), &ctx());
+        assert_eq!(kinds(&verdicts), vec![VerdictKind::CleanupPath]);
     }
 
     #[test]
