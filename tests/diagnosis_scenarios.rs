@@ -360,6 +360,24 @@ mod service {
         (line.load(std::sync::atomic::Ordering::Relaxed), cut)
     }
 
+    /// POST /accounts/hold — reserves the account inside a transaction and
+    /// parks the connection "until the bank confirms", which it never does
+    /// (the leak, holding the row lock).
+    pub async fn hold_account(
+        pool: Pool,
+        table: &str,
+        parked: &tokio::sync::Mutex<Vec<Client>>,
+    ) -> Result<u32, Error> {
+        let (client, line) = (pool.get().await?, line!());
+        client
+            .batch_execute(&format!(
+                "BEGIN; UPDATE {table} SET balance = balance - 1 WHERE id = 1"
+            ))
+            .await?;
+        parked.lock().await.push(client);
+        Ok(line)
+    }
+
     /// POST /coupons/apply — opens its transaction with a raw `BEGIN`;
     /// an expired coupon returns early with the transaction still open
     /// (the cleanup-path bug: nothing rolls it back).
@@ -949,6 +967,62 @@ async fn requests_cut_by_their_deadline_behind_a_job_are_affected() {
                 && e.detail.contains("ran out of time mid-call")),
         "{report}"
     );
+}
+
+/// A leaked transaction holding a row lock, balance reads behind it with
+/// a 250 ms deadline, and steady searches: the leak is named first; the
+/// reads are its blocked victims ("gave up waiting"), never a cause; the
+/// searches are not blamed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_transaction_with_blocked_victims_and_steady_traffic() {
+    accounts("scenario_leaked_tx_accounts").await;
+    const TABLE: &str = "scenario_leaked_tx_accounts";
+    let pool = pool("leaked-transaction");
+    let parked = tokio::sync::Mutex::new(Vec::new());
+    let leak_line = service::hold_account(pool.clone(), TABLE, &parked)
+        .await
+        .unwrap();
+    tokio::time::sleep(ms(100)).await;
+    let mut reads = Vec::new();
+    let mut searches = Vec::new();
+    for i in 0..40 {
+        if i % 8 == 0 {
+            reads.push(tokio::spawn(
+                service::touch_balance_with_deadline(pool.clone(), TABLE, ms(250))
+                    .instrument(tracing::info_span!("balance")),
+            ));
+        } else {
+            searches.push(tokio::spawn(
+                service::search(pool.clone()).instrument(tracing::info_span!("search")),
+            ));
+        }
+        tokio::time::sleep(ms(15)).await;
+    }
+    let (mut read_line, mut cut) = (0, 0);
+    for task in reads {
+        let (line, outcome) = task.await.unwrap();
+        read_line = line;
+        cut += usize::from(outcome.is_err());
+    }
+    let search_line = jobs_line(searches).await;
+    assert_eq!(cut, 5);
+    let report = pool.report();
+    let victims = [site(read_line), site(search_line)];
+    assert_diagnosis(&report, VerdictKind::Leak, &site(leak_line), &victims);
+    assert!(
+        !report.kinds().contains(&VerdictKind::CleanupPath),
+        "{report}"
+    );
+    assert!(
+        report.verdicts[0]
+            .affected
+            .iter()
+            .any(|e| e.subject.starts_with(&victims[0])
+                && e.detail.contains("likely blocked on its locks")
+                && e.detail.contains("gave up waiting")),
+        "{report}"
+    );
+    drop(parked);
 }
 
 /// Error-path bugs in the middle of a burst: a handler that leaves its raw
