@@ -603,9 +603,9 @@ impl ConnectionActivity {
     pub(crate) fn transaction_dropped(&self, outermost: bool, now: Ticks) -> DroppedTransaction {
         let mut writer = self.writer();
         let state = &mut *writer.state;
-        let failed = state
-            .failed
-            .or((state.transaction == TransactionState::Failed).then_some(FAILED_UNKNOWN));
+        // A failed transaction always has `failed` set (see
+        // `transaction_reported`).
+        let failed = state.failed;
         if outermost && state.transaction.is_open() {
             state.rollback_queued = true;
             state.settle_idle_in_transaction(now);

@@ -102,11 +102,7 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
         .as_ref()
         .map(|b| b.blocked.clone())
         .unwrap_or_default();
-    let chain_heads: Vec<&str> = lock_guards
-        .iter()
-        .filter_map(|id| ctx.holders.iter().find(|h| h.guard == *id))
-        .map(|h| h.site.as_str())
-        .collect();
+    let chain_heads = sites_of_guards(&lock_guards, ctx.holders);
     for p in &period.parties {
         if lock_sites.contains(&p.site)
             && !chain_heads.contains(&p.site.to_string().as_str())
@@ -135,7 +131,8 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     // Whether a verdict says why callers waited: then a call cut by its
     // caller's deadline after a wait for the connection is that cause's
     // doing (its verdict lists the waiters).
-    let waits_explained = has_locks || !verdicts.is_empty() || has_long_hold || growth.is_some();
+    // (`verdicts` holds the lock chain and the leak so far.)
+    let waits_explained = !verdicts.is_empty() || has_long_hold || growth.is_some();
     verdicts.extend(cleanup_path(period, ctx, &blocked, waits_explained));
     verdicts.extend(nested(period, ctx));
     verdicts.extend(long.map(|(verdict, _)| verdict));
@@ -173,13 +170,12 @@ fn blocked_behind_idle_transaction<'p>(
     // is: many short transactions, idle between their statements for a
     // few milliseconds each, hold no lock long enough to block anyone.
     let idle_in_transaction = |p: &&Party| {
-        let checkouts = u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
         p.observed()
             && p.usage.idle_in_transaction >= MIN_NOT_DB
             && p.usage.idle_in_transaction.as_secs_f64()
                 >= NOT_DB_SHARE * p.usage.held.as_secs_f64()
             && (p.counts.longest_hold >= ctx.threshold / 2
-                || p.usage.idle_in_transaction / checkouts >= MIN_NOT_DB_PER_CHECKOUT * 4)
+                || per_checkout(p, p.usage.idle_in_transaction) >= MIN_NOT_DB_PER_CHECKOUT * 4)
     };
     let holder = period
         .parties
@@ -204,8 +200,6 @@ fn blocked_behind_idle_transaction<'p>(
         .filter(|p| {
             Some((p.site, p.span)) != holder_key
                 && p.site.to_string() != behind
-                && p.observed()
-                && p.usage.busy >= MIN_NOT_DB
                 && long_in_calls(p, ctx)
         })
         .collect();
@@ -220,14 +214,15 @@ fn long_in_calls(p: &Party, ctx: &Context<'_>) -> bool {
         && p.usage.busy >= MIN_NOT_DB
         && p.usage.busy.as_secs_f64() >= BUSY_SHARE * p.usage.held.as_secs_f64()
         && (p.counts.longest_hold >= ctx.threshold / 2
-            || in_calls_per_checkout(p) >= MIN_NOT_DB_PER_CHECKOUT * 4)
+            || per_checkout(p, p.usage.busy) >= MIN_NOT_DB_PER_CHECKOUT * 4)
 }
 
-/// Time in database calls per checkout of the time `usage` covers: a hold
-/// still in its call (begun before the period) counts, where the longest
+/// `time` of `p`'s usage per checkout of the time that usage covers (a
+/// window's saturated ticks, say, not all the period counted); a hold
+/// still going on (begun before the period) counts, where the longest
 /// ended hold does not see it.
-fn in_calls_per_checkout(p: &Party) -> Duration {
-    p.usage.busy / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX)
+fn per_checkout(p: &Party, time: Duration) -> Duration {
+    time / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX)
 }
 
 /// A hold that spans the whole period (begun before it, still held),
@@ -237,14 +232,33 @@ fn in_one_call_throughout(p: &Party, ctx: &Context<'_>) -> bool {
     p.counts.checkouts == 0 && p.counts.holds == 0 && p.usage.busy >= ctx.threshold
 }
 
+/// The sites of these guards among the holders now.
+fn sites_of_guards<'h>(guards: &[u64], holders: &'h [HolderLine]) -> Vec<&'h str> {
+    guards
+        .iter()
+        .filter_map(|id| holders.iter().find(|h| h.guard == *id))
+        .map(|h| h.site.as_str())
+        .collect()
+}
+
 fn is_blocked(blocked: &[&Party], p: &Party) -> bool {
     blocked.iter().any(|b| b.site == p.site && b.span == p.span)
 }
 
 /// The affected line of a party blocked behind `behind`'s transaction.
 fn blocked_line(p: &Party, behind: &str, ctx: &Context<'_>) -> Evidence {
+    victim_line(
+        p,
+        &format!("{behind} sat idle in transaction: likely blocked on its locks"),
+        ctx,
+    )
+}
+
+/// The affected line of a party busy in the database while `meanwhile`
+/// held it up, with the calls it gave up.
+fn victim_line(p: &Party, meanwhile: &str, ctx: &Context<'_>) -> Evidence {
     let mut detail = format!(
-        "held {} busy in the database ({:.0}% of its hold) while {behind} sat idle in transaction: likely blocked on its locks",
+        "held {} busy in the database ({:.0}% of its hold) while {meanwhile}",
         secs(p.usage.busy),
         pct(p.usage.busy, p.usage.held),
     );
@@ -583,11 +597,7 @@ fn lock_chains(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>,
         .collect();
     // Callers that waited for a connection meanwhile are affected too,
     // unless they are the culprits' own sites.
-    let culprit_sites: Vec<&str> = culprits
-        .iter()
-        .filter_map(|id| ctx.holders.iter().find(|h| h.guard == *id))
-        .map(|h| h.site.as_str())
-        .collect();
+    let culprit_sites = sites_of_guards(&culprits, ctx.holders);
     let causes: Vec<(CallSite, Option<&'static str>)> = period
         .parties
         .iter()
@@ -698,6 +708,12 @@ fn cleanup_path(
     if culprits.is_empty() {
         return None;
     }
+    // Each kind once in the reason, in the order the culprits show them.
+    let seen = |kinds: &mut Vec<&'static str>, kind: &'static str| {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    };
     let mut kinds_seen: Vec<&str> = Vec::new();
     let found = culprits
         .iter()
@@ -710,27 +726,27 @@ fn cleanup_path(
                     "{} transaction(s) rolled back by drop (dropped without commit or rollback: a `?` returned early inside the transaction)",
                     c.database.rolled_back_by_drop
                 ));
-                kinds_seen.push("rolled back by drop");
+                seen(&mut kinds_seen, "rolled back by drop");
             }
             if c.database.open_transaction_at_return > 0 {
                 kinds.push(format!(
                     "{} returned inside an open transaction (a raw `BEGIN` never ended, or a transaction of deadpool's or tokio-postgres's own type dropped where poolwatch cannot see it)",
                     c.database.open_transaction_at_return
                 ));
-                kinds_seen.push("returned inside a transaction");
+                seen(&mut kinds_seen, "returned inside a transaction");
             }
             if in_flight > 0 {
                 kinds.push(format!(
                     "{in_flight} dropped with a database call in flight (its future dropped unfinished)"
                 ));
-                kinds_seen.push("dropped mid-call");
+                seen(&mut kinds_seen, "dropped mid-call");
             }
             if c.outcomes.dropped_while_panicking > 0 {
                 kinds.push(format!(
                     "{} dropped while panicking",
                     c.outcomes.dropped_while_panicking
                 ));
-                kinds_seen.push("dropped while panicking");
+                seen(&mut kinds_seen, "dropped while panicking");
             }
             // A hold can end several ways at once (a call in flight inside
             // an open transaction), so the kinds are not summed over holds.
@@ -745,12 +761,6 @@ fn cleanup_path(
             )
         })
         .collect();
-    let mut seen = Vec::new();
-    kinds_seen.retain(|kind| {
-        let first = !seen.contains(kind);
-        seen.push(*kind);
-        first
-    });
     Some(Verdict {
         kind: VerdictKind::CleanupPath,
         reason: format!(
@@ -853,9 +863,7 @@ fn long_hold<'p>(
         if p.observed() {
             let not_db = p.usage.not_database_work();
             let reached_threshold = p.counts.longest_hold >= ctx.threshold;
-            // Over the checkouts of the time `usage` covers (a window's
-            // saturated ticks, say), not all the period counted.
-            let per_checkout = not_db / u32::try_from(p.usage.checkouts.max(1)).unwrap_or(u32::MAX);
+            let per_checkout = per_checkout(p, not_db);
             // ... and between its statements: sixty round trips each give
             // the runtime a turn, which adds up to no work either.
             let db = &p.counts.database;
@@ -991,15 +999,11 @@ fn long_hold<'p>(
                 && p.counts.database.in_flight_at_return > 0
                 && long_in_calls(p, ctx)
         }) {
-            let mut detail = format!(
-                "held {} busy in the database ({:.0}% of its hold) while {} ran long in the database: likely behind its locks or load; {} gave up waiting (the call dropped mid-way, the connection closed)",
-                secs(p.usage.busy),
-                pct(p.usage.busy, p.usage.held),
-                culprits[0].site,
-                p.counts.database.in_flight_at_return
+            let meanwhile = format!(
+                "{} ran long in the database: likely behind its locks or load",
+                culprits[0].site
             );
-            detail.push_str(&span_suffix(p, ctx));
-            affected.push(evidence(p.site.to_string(), detail));
+            affected.push(victim_line(p, &meanwhile, ctx));
             gave_up.push(p);
         }
     }
@@ -1375,18 +1379,23 @@ mod tests {
         assert!(!detail.contains("in flight"), "{detail}");
     }
 
-    #[test]
-    fn slow_calls_behind_a_leaked_transaction_are_not_a_long_hold() {
-        // Now: a guard idle in its transaction past the threshold (not
-        // coming back), and holds long in calls behind it.
-        let holders = [HolderLine {
+    /// Guard 7 from `line`, out 2 s and idle in its transaction for 1.9.
+    fn parked_in_transaction(line: u32) -> HolderLine {
+        HolderLine {
             guard: 7,
-            site: site(10).to_string(),
+            site: site(line).to_string(),
             held_ms: 2000.0,
             state: Some("idle in transaction".to_owned()),
             idle_ms: Some(1900.0),
             ..HolderLine::default()
-        }];
+        }
+    }
+
+    #[test]
+    fn slow_calls_behind_a_leaked_transaction_are_not_a_long_hold() {
+        // Now: a guard idle in its transaction past the threshold (not
+        // coming back), and holds long in calls behind it.
+        let holders = [parked_in_transaction(10)];
         let ctx = Context {
             holders: &holders,
             ..ctx()
@@ -1407,14 +1416,7 @@ mod tests {
         // A guard parked inside its transaction, and a stream of 2 ms
         // queries that drop a call now and then (a `select!`): those are
         // their own bug, not the transaction's doing.
-        let holders = [HolderLine {
-            guard: 7,
-            site: site(10).to_string(),
-            held_ms: 2000.0,
-            state: Some("idle in transaction".to_owned()),
-            idle_ms: Some(1900.0),
-            ..HolderLine::default()
-        }];
+        let holders = [parked_in_transaction(10)];
         let ctx = Context {
             holders: &holders,
             ..ctx()
