@@ -11,6 +11,16 @@
 //! Each run prints which side it measured; callgrind's `Collected` total
 //! divided by the count is the instructions per operation (only the
 //! measured loop is counted: setup, PostgreSQL start and warm-up are not).
+//!
+//! A third argument, `raw` or `poolwatch`, measures one side only: for a
+//! sampling profiler, whose per-symbol counts then compare side against
+//! side (two processes of the same count):
+//!
+//! ```sh
+//! taskset -c 0 perf record -e cpu-clock -F 25000 -o perf.raw \
+//!     target/release/deps/instructions-<hash> checkout 20000000 raw
+//! perf report -i perf.raw -n --no-children --sort dso,symbol
+//! ```
 use std::hint::black_box;
 
 #[path = "support/config.rs"]
@@ -80,13 +90,24 @@ fn measure_poolwatch_query(
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (what, n) = match args.as_slice() {
-        [what, n] => (what.as_str(), n.parse::<u64>().expect("a count")),
+    // An optional third argument measures one side only (`raw` or
+    // `poolwatch`), for a sampling profiler that cannot tell them apart.
+    let (what, n, only) = match args.as_slice() {
+        [what, n] => (what.as_str(), n.parse::<u64>().expect("a count"), None),
+        [what, n, side] => (
+            what.as_str(),
+            n.parse::<u64>().expect("a count"),
+            Some(side.as_str()),
+        ),
         _ => {
-            eprintln!("usage: instructions <checkout|query> <count> (under callgrind)");
+            eprintln!(
+                "usage: instructions <checkout|query> <count> [raw|poolwatch] (under callgrind)"
+            );
             return;
         }
     };
+    let raw_side = only != Some("poolwatch");
+    let poolwatch_side = only != Some("raw");
     let rt = runtime();
     let raw = config::raw_pool(1);
     let pool = watched();
@@ -100,8 +121,12 @@ fn main() {
                     drop(pool.get().await.unwrap());
                 }
             });
-            measure_raw_checkout(&rt, &raw, n);
-            measure_poolwatch_checkout(&rt, &pool, n);
+            if raw_side {
+                measure_raw_checkout(&rt, &raw, n);
+            }
+            if poolwatch_side {
+                measure_poolwatch_checkout(&rt, &pool, n);
+            }
         }
         "query" => {
             let (rc, rs, wc, ws) = rt.block_on(async {
@@ -115,10 +140,17 @@ fn main() {
                 }
                 (rc, rs, wc, ws)
             });
-            measure_raw_query(&rt, &rc, &rs, n);
-            measure_poolwatch_query(&rt, &wc, &ws, n);
+            if raw_side {
+                measure_raw_query(&rt, &rc, &rs, n);
+            }
+            if poolwatch_side {
+                measure_poolwatch_query(&rt, &wc, &ws, n);
+            }
         }
         other => panic!("unknown measurement {other}"),
     }
-    println!("measured {what} x {n}, raw then poolwatch");
+    match only {
+        Some(side) => println!("measured {what} x {n}, {side} only"),
+        None => println!("measured {what} x {n}, raw then poolwatch"),
+    }
 }

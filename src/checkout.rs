@@ -195,7 +195,7 @@ fn wait_started(shared: &Shared, location: &'static Location<'static>) -> Waitin
     let since = Ticks::now();
     let span = SpanRef::current();
     let task = task::current();
-    let holder = task.and_then(|task| shared.ledger.held_by(task, since));
+    let holder = task.and_then(|task| shared.ledger.nested_holder(task, since));
     // More callers than the pool can ever serve at once (deadpool counts
     // every caller holding or waiting): queued behind others, saturation.
     // Otherwise the pool is opening a connection for this caller.

@@ -147,6 +147,9 @@ pub struct OutstandingGuard {
     pub last_statement: Option<String>,
     /// Inside a transaction right now (observed connections).
     pub in_transaction: bool,
+    /// Its task asked the pool for a second connection while holding this
+    /// one (a nested checkout, see [`WaitingAcquire::nested`]).
+    pub nested_wait: bool,
 }
 
 /// An acquire waiting for a connection right now.

@@ -421,6 +421,41 @@ mod service {
         pages
     }
 
+    /// POST /orders behind the service's request deadline: the order is
+    /// written on one connection, then the audit helper, which takes its
+    /// own connection of the same pool, records it while the handler still
+    /// holds the first. The order's checkout line, the audit's, and
+    /// whether the deadline cut the request.
+    pub async fn order_with_audit(pool: Pool, order: i64, deadline: Duration) -> (u32, u32, bool) {
+        let lines = (
+            std::sync::atomic::AtomicU32::new(0),
+            std::sync::atomic::AtomicU32::new(0),
+        );
+        let handler = async {
+            let (client, at) = (pool.get().await?, line!());
+            lines.0.store(at, std::sync::atomic::Ordering::Relaxed);
+            client.query_one("SELECT $1::int8", &[&order]).await?;
+            audit_record(&pool, order, &lines.1).await?;
+            Ok::<_, Error>(())
+        };
+        let cut = tokio::time::timeout(deadline, handler).await.is_err();
+        let load = |l: &std::sync::atomic::AtomicU32| l.load(std::sync::atomic::Ordering::Relaxed);
+        (load(&lines.0), load(&lines.1), cut)
+    }
+
+    /// The audit log's helper: checks out a connection of its own.
+    async fn audit_record(
+        pool: &Pool,
+        order: i64,
+        line: &std::sync::atomic::AtomicU32,
+    ) -> Result<(), Error> {
+        // Where it asks for its connection (known before the wait ends).
+        line.store(line!() + 1, std::sync::atomic::Ordering::Relaxed);
+        let client = pool.get().await?;
+        client.execute("SELECT $1::int8", &[&order]).await?;
+        Ok(())
+    }
+
     /// GET /reports/monthly — the work happens in a helper written against
     /// deadpool-postgres's client type.
     pub async fn monthly_report(pool: Pool) -> Result<u32, Error> {
@@ -432,6 +467,124 @@ mod service {
     async fn load_monthly_totals(client: &deadpool_postgres::Client) -> Result<(), Error> {
         client.query("SELECT pg_sleep(0.4)", &[]).await?;
         Ok(())
+    }
+}
+
+/// Orders whose audit helper takes a second connection of the same pool
+/// while the handler holds its first, among steady searches: a burst of
+/// eight orders on four connections holds all four while every holder's
+/// task waits for a fifth, until the request deadline cuts them. Named a
+/// nested checkout (the audit's checkout first, then the orders' holds it
+/// keeps), during and after: the orders' holds are not a leak nor a long
+/// hold of their own, and the searches that waited are affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_checkout_under_traffic_is_named_not_a_leak() {
+    let pool = pool("nested-audit");
+    let searches = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut line = 0;
+            let until = Instant::now() + ms(2500);
+            while Instant::now() < until {
+                let wave: Vec<_> = (0..3)
+                    .map(|_| {
+                        tokio::spawn(
+                            service::search(pool.clone()).instrument(tracing::info_span!("search")),
+                        )
+                    })
+                    .collect();
+                for task in wave {
+                    if let Ok(Ok(at)) = task.await {
+                        line = at;
+                    }
+                }
+                tokio::time::sleep(ms(10)).await;
+            }
+            line
+        })
+    };
+    tokio::time::sleep(ms(200)).await;
+    let orders: Vec<_> = (0..8)
+        .map(|order| {
+            tokio::spawn(
+                service::order_with_audit(pool.clone(), order, ms(500))
+                    .instrument(tracing::info_span!("order")),
+            )
+        })
+        .collect();
+    let mut during = None;
+    wait_until("the orders to hold every connection, waiting", || {
+        let report = pool.report();
+        let stuck = report.holders.iter().filter(|h| h.nested_wait).count() == 4
+            && report.holders.iter().all(|h| h.held_ms >= 350.0);
+        during = Some(report);
+        stuck
+    })
+    .await;
+    let during = during.unwrap();
+    let (mut order_line, mut audit_line, mut cut) = (0, 0, 0);
+    for task in orders {
+        let (order, audit, was_cut) = task.await.unwrap();
+        (order_line, audit_line) = (order.max(order_line), audit.max(audit_line));
+        cut += u32::from(was_cut);
+    }
+    assert!(cut >= 4, "the deadline cut the stuck orders ({cut})");
+    let search_line = searches.await.unwrap();
+    let victims = [site(search_line)];
+    assert_diagnosis(
+        &during,
+        VerdictKind::NestedCheckout,
+        &site(audit_line),
+        &victims,
+    );
+    let nested = &during.verdicts[0];
+    assert!(
+        nested
+            .evidence
+            .iter()
+            .any(|e| e.subject.starts_with(&site(order_line))
+                && e.detail.contains("held while their task waits")),
+        "{during}"
+    );
+    assert!(
+        nested
+            .affected
+            .iter()
+            .any(|e| e.subject.starts_with(&victims[0])),
+        "{during}"
+    );
+    for kind in [
+        VerdictKind::Leak,
+        VerdictKind::LongHold,
+        VerdictKind::CleanupPath,
+    ] {
+        assert!(!during.kinds().contains(&kind), "{during}");
+    }
+
+    let after = once_the_episode_is_over(&pool).await;
+    for episode in &after.episodes {
+        let first = &episode.verdicts[0];
+        assert_eq!(first.kind, VerdictKind::NestedCheckout, "{after}");
+        assert!(
+            first.evidence[0].subject.starts_with(&site(audit_line)),
+            "{after}"
+        );
+        assert!(
+            first
+                .evidence
+                .iter()
+                .any(|e| e.subject.starts_with(&site(order_line))),
+            "{after}"
+        );
+        for verdict in &episode.verdicts {
+            assert!(
+                !matches!(verdict.kind, VerdictKind::Leak | VerdictKind::LongHold),
+                "{after}"
+            );
+            for e in &verdict.evidence {
+                assert!(!e.subject.starts_with(&victims[0]), "{after}");
+            }
+        }
     }
 }
 

@@ -258,6 +258,12 @@ async fn nested_checkouts_are_reported_with_both_sites() {
         );
     }
     assert!(snapshot.waiters.iter().all(|w| w.nested), "{snapshot:?}");
+    // Both holders' tasks wait for a second connection while holding them.
+    assert_eq!(snapshot.outstanding.len(), 2, "{snapshot:?}");
+    assert!(
+        snapshot.outstanding.iter().all(|g| g.nested_wait),
+        "{snapshot:?}"
+    );
     let nested = report
         .verdicts
         .iter()

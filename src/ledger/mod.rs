@@ -453,10 +453,10 @@ impl<A> Ledger<A> {
 
     /// A checkout held by `task`, if any (asked only by acquires that have
     /// to wait: is this a nested checkout?).
-    pub(crate) fn held_by(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
+    pub(crate) fn nested_holder(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
         self.shards
             .iter()
-            .find_map(|shard| shard.state.lock().held_by(task, now))
+            .find_map(|shard| shard.state.lock().nested_holder(task, now))
     }
 
     /// Drains every shard into the archive: one shard lock at a time, each

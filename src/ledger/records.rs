@@ -68,6 +68,9 @@ pub(crate) struct Holder {
     pub(crate) span: Option<SpanInfo>,
     pub(crate) acquired: Ticks,
     pub(crate) activity: Option<HeldActivity>,
+    /// Its task asked for a second connection of the pool while holding
+    /// this one (a nested checkout).
+    pub(crate) waited_nested: bool,
 }
 
 impl Holder {

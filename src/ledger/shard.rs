@@ -46,6 +46,9 @@ pub(crate) struct Outstanding {
     /// Its acquire had to wait: a call dropped mid-way at the caller's
     /// deadline then is the wait's doing as much as the caller's.
     opened_after_wait: bool,
+    /// Its task asked the pool for a second connection while holding this
+    /// one (a nested checkout): the hold lasts as long as that wait.
+    waited_nested: bool,
     /// Escalation levels the watchdog's scan marked, and reported.
     #[cfg(feature = "leak-report")]
     flagged: u8,
@@ -387,6 +390,7 @@ impl ShardState {
             connection,
             opened_while_panicking: checkout.panicking,
             opened_after_wait: !checkout.waited.is_zero(),
+            waited_nested: false,
             #[cfg(feature = "leak-report")]
             flagged: 0,
             #[cfg(feature = "leak-report")]
@@ -429,6 +433,7 @@ impl ShardState {
         let origin = self.origins[entry.origin as usize];
         let delta = self.delta(entry.origin);
         delta.record_close(held_ns, outcome);
+        delta.counts.holds_with_nested_wait += u64::from(entry.waited_nested);
         // Read in place: the activity record is moved once, into `Closed`.
         let poisoned = match &ended {
             Some((tick, activity)) => {
@@ -520,6 +525,7 @@ impl ShardState {
             span: origin.span(entry.span_id),
             acquired,
             activity,
+            waited_nested: entry.waited_nested,
         }
     }
 
@@ -546,12 +552,16 @@ impl ShardState {
         }));
     }
 
-    /// The first outstanding checkout held by `task`, if any.
-    pub(crate) fn held_by(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
-        self.outstanding
-            .iter()
-            .find(|(_, e)| e.task == Some(task))
-            .map(|(key, entry)| self.holder(key, entry, now))
+    /// The first outstanding checkout held by `task`, if any, marked as
+    /// held across a nested wait (its task now waits for a second one).
+    pub(crate) fn nested_holder(&mut self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
+        let (key, entry) = self
+            .outstanding
+            .iter_mut()
+            .find(|(_, e)| e.task == Some(task))?;
+        entry.waited_nested = true;
+        let entry = &self.outstanding[key];
+        Some(self.holder(key, entry, now))
     }
 
     pub(crate) fn outstanding_count(&self) -> usize {

@@ -138,6 +138,9 @@ pub(crate) struct Counts {
     /// Checkouts requested while the same task already held a guard of
     /// the pool (self-deadlock risk).
     pub(crate) nested: u64,
+    /// Holds that ended after their task had waited for a second
+    /// connection while holding them.
+    pub(crate) holds_with_nested_wait: u64,
     pub(crate) database: DatabaseCounts,
 }
 
@@ -154,6 +157,7 @@ impl Counts {
         self.waits += other.waits;
         self.longest_wait = self.longest_wait.max(other.longest_wait);
         self.nested += other.nested;
+        self.holds_with_nested_wait += other.holds_with_nested_wait;
         self.database.merge(&other.database);
     }
 

@@ -47,7 +47,12 @@
 //! returned inside a transaction, or with a database call in flight.
 //!
 //! **Nested checkout** — an acquire that waited while its task already
-//! held a guard of the same pool (a self-deadlock risk).
+//! held a guard of the same pool (a self-deadlock risk): the waiting site
+//! first, then the sites of the guards those tasks hold meanwhile
+//! ([`HolderLine::nested_wait`]). Those guards are not leaks, and a site
+//! most of whose holds lasted across such a wait is not a long hold: the
+//! wait is why they were long. Comes before the leak rule (after the
+//! server's lock chains).
 //!
 //! **Long hold** — the culprit holds at least 10 % of the pool's connection
 //! time and at least a quarter of its own hold (and 50 ms) in states that
@@ -155,6 +160,7 @@ impl Report {
                     let backend = j.backends[i]?;
                     Some(server_state(backend, &j.blockers[i], &view.holders))
                 }),
+                nested_wait: h.waited_nested,
             })
             .collect();
         let server = server.map(|s| server_section(s, joined.as_ref(), &view.holders, view.now));

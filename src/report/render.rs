@@ -196,20 +196,22 @@ impl fmt::Display for Report {
             writeln!(f)?;
             writeln!(f, "guards held past the threshold right now")?;
             for g in &self.flagged {
-                let state = self
-                    .holders
-                    .iter()
-                    .find(|h| h.guard == g.guard)
+                let holder = self.holders.iter().find(|h| h.guard == g.guard);
+                let state = holder
                     .and_then(|h| h.state.as_deref())
                     .unwrap_or("not observed");
+                let nested = if holder.is_some_and(|h| h.nested_wait) {
+                    ", its task asked for a second connection while holding it (nested checkout)"
+                } else {
+                    ""
+                };
                 writeln!(
                     f,
-                    "  guard {} from {} ({}) held {:.0} ms, {}",
+                    "  guard {} from {} ({}) held {:.0} ms, {state}{nested}",
                     g.guard,
                     g.site,
                     g.span.as_deref().unwrap_or("no span"),
                     g.held_ms,
-                    state
                 )?;
             }
         }

@@ -441,6 +441,9 @@ pub struct HolderLine {
     /// What the database server says its backend is doing (see
     /// [`Report::server`]).
     pub server: Option<ServerState>,
+    /// Its task asked the pool for a second connection while holding this
+    /// one (a nested checkout): held as long as that wait lasts.
+    pub nested_wait: bool,
 }
 
 /// An acquire waiting right now.

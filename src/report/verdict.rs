@@ -111,11 +111,20 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
             blocked.push(p);
         }
     }
-    let leak = leak(period, ctx, &lock_guards, blockage.as_ref());
+    // A nested checkout is a fact too (the task is known): the holds its
+    // tasks keep while they wait are neither leaks nor long holds.
+    let nested = nested(period, ctx);
+    let (nested_guards, nested_sites) = nested
+        .as_ref()
+        .map(|n| (n.1.clone(), n.2.clone()))
+        .unwrap_or_default();
+    verdicts.extend(nested.map(|n| n.0));
+    let leak = leak(period, ctx, &lock_guards, &nested_guards, blockage.as_ref());
     let leak_sites: Vec<CallSite> = leak.as_ref().map(|v| v.1.clone()).unwrap_or_default();
     verdicts.extend(leak.map(|v| v.0));
     let mut excluded = leak_sites.clone();
     excluded.extend(lock_sites);
+    excluded.extend(nested_sites);
     let long = long_hold(period, ctx, &excluded, &blocked);
     // Calls given up while another holder ran long in the database are
     // that holder's victims too (the cleanup-path rule leaves them).
@@ -131,10 +140,10 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     // Whether a verdict says why callers waited: then a call cut by its
     // caller's deadline after a wait for the connection is that cause's
     // doing (its verdict lists the waiters).
-    // (`verdicts` holds the lock chain and the leak so far.)
+    // (`verdicts` holds the lock chain, the nested checkout and the leak
+    // so far.)
     let waits_explained = !verdicts.is_empty() || has_long_hold || growth.is_some();
     verdicts.extend(cleanup_path(period, ctx, &blocked, waits_explained));
-    verdicts.extend(nested(period, ctx));
     verdicts.extend(long.map(|(verdict, _)| verdict));
     verdicts.extend(growth);
     if verdicts.is_empty() {
@@ -317,6 +326,7 @@ fn leak(
     period: &Period,
     ctx: &Context<'_>,
     lock_holders: &[u64],
+    nested_holders: &[u64],
     blockage: Option<&Blockage<'_>>,
 ) -> Option<(Verdict, Vec<CallSite>)> {
     let mut found = Vec::new();
@@ -326,10 +336,12 @@ fn leak(
         // whose holds do not normally last that long: not coming back.
         // (One others wait behind is the lock-chain verdict's culprit.)
         let mut groups: Vec<(String, usize, f64, Vec<&'static str>)> = Vec::new();
+        let excused =
+            |g: &HolderLine| lock_holders.contains(&g.guard) || nested_holders.contains(&g.guard);
         for guard in ctx
             .holders
             .iter()
-            .filter(|g| g.held_ms >= ms(ctx.threshold) && !lock_holders.contains(&g.guard))
+            .filter(|g| g.held_ms >= ms(ctx.threshold) && !excused(g))
         {
             if guard.state.as_deref() == Some("in a database call") {
                 continue; // a long call: the long-hold rules speak of it
@@ -380,7 +392,7 @@ fn leak(
         // calls, or blocked behind a lock) is not a leak.
         let idle_holders = ctx.holders.iter().any(|h| {
             h.state.as_deref() != Some("in a database call")
-                && !lock_holders.contains(&h.guard)
+                && !excused(h)
                 && h.idle_ms.is_none_or(|idle| idle >= ms(ctx.threshold))
         });
         if idle_holders && lock_holders.is_empty() {
@@ -772,17 +784,34 @@ fn cleanup_path(
     })
 }
 
-fn nested(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
-    let mut found = Vec::new();
+/// A task holding a connection waits for a second one of the same pool.
+/// The waiting sites come first (where the fix goes); the sites whose
+/// holds their tasks keep meanwhile follow, and are not leaks or long
+/// holds of their own: returns the verdict, those guards (now) and those
+/// sites (most of whose holds lasted across such a wait).
+fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<CallSite>)> {
+    let mut waiting: Vec<(&str, usize, f64)> = Vec::new();
     for waiter in ctx.waiters.iter().filter(|w| w.nested) {
-        found.push(evidence(
-            &waiter.site,
-            format!(
-                "waiting {} for a second connection while its task already holds one of this pool",
-                secs(Duration::from_secs_f64(waiter.waited_ms / 1000.0))
-            ),
-        ));
+        match waiting.iter_mut().find(|(s, ..)| *s == waiter.site) {
+            Some((_, n, longest)) => {
+                *n += 1;
+                *longest = longest.max(waiter.waited_ms);
+            }
+            None => waiting.push((&waiter.site, 1, waiter.waited_ms)),
+        }
     }
+    let mut found: Vec<Evidence> = waiting
+        .into_iter()
+        .map(|(site, n, longest)| {
+            let waited = secs(Duration::from_secs_f64(longest / 1000.0));
+            let detail = if n == 1 {
+                format!("waiting {waited} for a second connection while its task already holds one of this pool")
+            } else {
+                format!("{n} acquires waiting for a second connection while their tasks already hold one of this pool, the longest {waited}")
+            };
+            evidence(site, detail)
+        })
+        .collect();
     for party in period.parties.iter().filter(|p| p.counts.nested > 0) {
         let site = party.site.to_string();
         if found.iter().any(|e| e.subject == site) {
@@ -800,15 +829,73 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<Verdict> {
     if found.is_empty() {
         return None;
     }
-    Some(Verdict {
-        kind: VerdictKind::NestedCheckout,
-        reason: format!(
-            "a task holding a connection waits for a second one of the same pool: once all {} connections are held that way nothing proceeds (self-deadlock); take the second connection first, or pass the first one down",
-            period.max_size
-        ),
-        evidence: found,
-        affected: Vec::new(),
-    })
+    let waiting_sites: Vec<String> = found.iter().map(|e| e.subject.clone()).collect();
+    // The holding side: guards kept (now) while their task waits, and
+    // sites whose holds ended after such a wait.
+    let guards: Vec<&HolderLine> = ctx.holders.iter().filter(|h| h.nested_wait).collect();
+    let mut holding_sites: Vec<(String, usize, f64)> = Vec::new();
+    for guard in &guards {
+        match holding_sites.iter_mut().find(|(s, ..)| *s == guard.site) {
+            Some((_, n, oldest)) => {
+                *n += 1;
+                *oldest = oldest.max(guard.held_ms);
+            }
+            None => holding_sites.push((guard.site.clone(), 1, guard.held_ms)),
+        }
+    }
+    for (site, n, oldest) in &holding_sites {
+        found.push(evidence(
+            site,
+            format!(
+                "{n} guard(s) held while their task waits for a second connection, the oldest held {}",
+                secs(Duration::from_secs_f64(oldest / 1000.0))
+            ),
+        ));
+    }
+    let mut sites = Vec::new();
+    for party in &period.parties {
+        let ended = party.counts.holds_with_nested_wait;
+        let holding_now = holding_sites
+            .iter()
+            .any(|(s, ..)| *s == party.site.to_string());
+        if ended == 0 && !holding_now {
+            continue;
+        }
+        if ended > 0 && !holding_now {
+            found.push(evidence(
+                party.site.to_string(),
+                format!(
+                    "{ended} of {} holds ended after their task had waited for a second connection while holding them{}",
+                    party.counts.holds,
+                    span_suffix(party, ctx)
+                ),
+            ));
+        }
+        // Most of its holds lasted across a nested wait: that wait is
+        // why they were long.
+        if ended * 2 >= party.counts.holds || holding_now {
+            sites.push(party.site);
+        }
+    }
+    let causes: Vec<(CallSite, Option<&'static str>)> = period
+        .parties
+        .iter()
+        .filter(|p| sites.contains(&p.site) || waiting_sites.contains(&p.site.to_string()))
+        .map(|p| (p.site, p.span))
+        .collect();
+    Some((
+        Verdict {
+            kind: VerdictKind::NestedCheckout,
+            reason: format!(
+                "a task holding a connection waits for a second one of the same pool: once all {} connections are held that way nothing proceeds (self-deadlock); take the second connection first, or pass the first one down",
+                period.max_size
+            ),
+            evidence: found,
+            affected: waiting_parties(period, &causes),
+        },
+        guards.iter().map(|g| g.guard).collect(),
+        sites,
+    ))
 }
 
 /// Which way a culprit holds its connections.
