@@ -10,6 +10,7 @@
 //! object goes from deadpool's result straight into the guard.
 
 use std::marker::PhantomData;
+use std::num::NonZeroU64;
 use std::panic::Location;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,6 +33,9 @@ struct Waiting {
     since: Ticks,
     shard: usize,
     key: usize,
+    /// The task, when it waits while holding a guard of this pool (a
+    /// nested checkout): that guard's record learns when the wait ends.
+    nested_task: Option<NonZeroU64>,
 }
 
 /// Reads the integration's connection key of a pooled object.
@@ -196,6 +200,7 @@ fn wait_started(shared: &Shared, location: &'static Location<'static>) -> Waitin
     let span = SpanRef::current();
     let task = task::current();
     let holder = task.and_then(|task| shared.ledger.nested_holder(task, since));
+    let nested_task = task.filter(|_| holder.is_some());
     // More callers than the pool can ever serve at once (deadpool counts
     // every caller holding or waiting): queued behind others, saturation.
     // Otherwise the pool is opening a connection for this caller.
@@ -225,6 +230,14 @@ fn wait_started(shared: &Shared, location: &'static Location<'static>) -> Waitin
         since,
         shard: shard.index(),
         key,
+        nested_task,
+    }
+}
+
+/// A wait ended after `waited`: a nested one's held guard learns it.
+fn wait_over(shared: &Shared, waiting: &Waiting, waited: Duration) {
+    if let Some(task) = waiting.nested_task {
+        shared.ledger.nested_wait_ended(task, waited);
     }
 }
 
@@ -242,7 +255,9 @@ fn served(shared: &Shared, waiting: Waiting, now: Ticks) -> Duration {
         || shared.observer.metrics.lag_metric(),
         now,
     );
-    waiting.since.until(now)
+    let waited = waiting.since.until(now);
+    wait_over(shared, &waiting, waited);
+    waited
 }
 
 /// Records a failed acquire and reports it (rate-limited).
@@ -262,7 +277,9 @@ fn failed<E>(
             if let Some(shard) = shared.ledger.shard(w.shard) {
                 shard.wait_ended(w.key, now, WaitEnding::Failed(failure));
             }
-            w.since.until(now)
+            let waited = w.since.until(now);
+            wait_over(shared, &w, waited);
+            waited
         }
         None => {
             shared
@@ -292,6 +309,7 @@ fn cancelled(shared: &Shared, location: &'static Location<'static>, waiting: Wai
         .shard(waiting.shard)
         .and_then(|shard| shard.wait_ended(waiting.key, now, WaitEnding::Cancelled))
         .unwrap_or_else(|| waiting.since.until(now));
+    wait_over(shared, &waiting, waited);
     shared.observer.acquire_cancelled(
         CallSite::from(location),
         SpanRef::current().map(SpanRef::info),

@@ -147,8 +147,8 @@ pub struct OutstandingGuard {
     pub last_statement: Option<String>,
     /// Inside a transaction right now (observed connections).
     pub in_transaction: bool,
-    /// Its task asked the pool for a second connection while holding this
-    /// one (a nested checkout, see [`WaitingAcquire::nested`]).
+    /// Its task waits right now for a second connection of this pool while
+    /// holding this one (a nested checkout, see [`WaitingAcquire::nested`]).
     pub nested_wait: bool,
 }
 

@@ -196,7 +196,7 @@ fn build_snapshot(
                 .and_then(|a| a.last_statement.as_deref())
                 .and_then(|raw| observer.statement(raw)),
             in_transaction: h.activity.as_ref().is_some_and(|a| a.transaction.is_open()),
-            nested_wait: h.waited_nested,
+            nested_wait: h.nested_waiting,
         })
         .collect();
     let waiters = waiters

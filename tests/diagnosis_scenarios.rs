@@ -360,6 +360,37 @@ mod service {
         (line.load(std::sync::atomic::Ordering::Relaxed), cut)
     }
 
+    /// The session warmer: a worker that, for each tenant, checks out a
+    /// connection, sets it up and keeps it in a per-tenant cache "for the
+    /// tenant's next request", which never uses it (the leak). The same
+    /// task asks the pool again for every tenant while the cache keeps
+    /// what it took before. Its checkout's line.
+    pub async fn warm_tenant_sessions(
+        pool: Pool,
+        tenants: u32,
+        cache: &tokio::sync::Mutex<Vec<Client>>,
+    ) -> Result<u32, Error> {
+        let mut line = 0;
+        for _ in 0..tenants {
+            let (client, at) = (pool.get().await?, line!());
+            line = at;
+            client
+                .batch_execute("SET application_name = 'tenant'")
+                .await?;
+            cache.lock().await.push(client);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(line)
+    }
+
+    /// GET /listings — a query that takes 120 ms (no index for its
+    /// filter).
+    pub async fn listings(pool: Pool) -> Result<u32, Error> {
+        let (client, line) = (pool.get().await?, line!());
+        client.execute("SELECT pg_sleep(0.12)", &[]).await?;
+        Ok(line)
+    }
+
     /// POST /accounts/hold — reserves the account inside a transaction and
     /// parks the connection "until the bank confirms", which it never does
     /// (the leak, holding the row lock).
@@ -584,6 +615,83 @@ async fn a_nested_checkout_under_traffic_is_named_not_a_leak() {
             for e in &verdict.evidence {
                 assert!(!e.subject.starts_with(&victims[0]), "{after}");
             }
+        }
+    }
+}
+
+/// A worker that caches connections it never uses, asking the pool again
+/// for each tenant while slow listings keep the rest of the pool busy: its
+/// second checkout waits while its task "holds" the first (the guard sits
+/// in the cache), which is no self-deadlock. A leak first, naming the
+/// worker; the nested checkout, if told, last; after the cache is dropped,
+/// the episode's first verdict is the worker's long hold, not the nested
+/// checkout. The listings are never blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_caching_connections_is_a_leak_not_a_nested_checkout() {
+    let pool = pool("tenant-cache");
+    let cache = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let until = Instant::now() + ms(2000);
+    let listings: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(
+                async move {
+                    let mut line = 0;
+                    while Instant::now() < until {
+                        line = service::listings(pool.clone()).await.unwrap();
+                    }
+                    line
+                }
+                .instrument(tracing::info_span!("listings")),
+            )
+        })
+        .collect();
+    let worker = {
+        let (pool, cache) = (pool.clone(), std::sync::Arc::clone(&cache));
+        tokio::spawn(
+            async move { service::warm_tenant_sessions(pool, 2, &cache).await }
+                .instrument(tracing::info_span!("warmer")),
+        )
+    };
+    let worker_line = worker.await.unwrap().unwrap();
+    tokio::time::sleep(ms(700)).await;
+    let during = pool.report();
+    let mut listing_line = 0;
+    for task in listings {
+        listing_line = task.await.unwrap();
+    }
+    let victims = [site(listing_line)];
+    assert_diagnosis(&during, VerdictKind::Leak, &site(worker_line), &victims);
+    if let Some(nested) = during
+        .kinds()
+        .iter()
+        .position(|k| *k == VerdictKind::NestedCheckout)
+    {
+        assert_eq!(nested, during.verdicts.len() - 1, "{during}");
+    }
+
+    cache.lock().await.clear();
+    let after = once_the_episode_is_over(&pool).await;
+    let episode = after.episodes.last().expect("the episode is listed");
+    let first = &episode.verdicts[0];
+    assert_eq!(first.kind, VerdictKind::LongHold, "{after}");
+    assert!(
+        first.evidence[0].subject.starts_with(&site(worker_line)),
+        "{after}"
+    );
+    for verdict in after.verdicts.iter().chain(&episode.verdicts) {
+        for e in &verdict.evidence {
+            assert!(!e.subject.starts_with(&victims[0]), "{after}");
+        }
+        // The worker's holds sat outside any call: never "slow statements".
+        if verdict.reason.contains("inside database calls") {
+            assert!(
+                verdict
+                    .evidence
+                    .iter()
+                    .all(|e| !e.subject.starts_with(&site(worker_line))),
+                "{after}"
+            );
         }
     }
 }

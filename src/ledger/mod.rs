@@ -453,10 +453,21 @@ impl<A> Ledger<A> {
 
     /// A checkout held by `task`, if any (asked only by acquires that have
     /// to wait: is this a nested checkout?).
+    /// The first guard `task` holds, marked as held across its nested wait
+    /// (the task now waits for a second connection), if it holds one.
     pub(crate) fn nested_holder(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
         self.shards
             .iter()
             .find_map(|shard| shard.state.lock().nested_holder(task, now))
+    }
+
+    /// The nested wait of `task` ended after `waited`.
+    pub(crate) fn nested_wait_ended(&self, task: NonZeroU64, waited: Duration) {
+        for shard in self.shards.iter() {
+            if shard.state.lock().nested_wait_ended(task, waited) {
+                return;
+            }
+        }
     }
 
     /// Drains every shard into the archive: one shard lock at a time, each

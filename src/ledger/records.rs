@@ -68,9 +68,11 @@ pub(crate) struct Holder {
     pub(crate) span: Option<SpanInfo>,
     pub(crate) acquired: Ticks,
     pub(crate) activity: Option<HeldActivity>,
-    /// Its task asked for a second connection of the pool while holding
-    /// this one (a nested checkout).
-    pub(crate) waited_nested: bool,
+    /// Its task waits right now for a second connection of the pool while
+    /// holding this one (a nested checkout).
+    pub(crate) nested_waiting: bool,
+    /// How long its task's nested waits that ended took.
+    pub(crate) nested_waited: Duration,
 }
 
 impl Holder {

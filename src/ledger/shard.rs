@@ -46,9 +46,13 @@ pub(crate) struct Outstanding {
     /// Its acquire had to wait: a call dropped mid-way at the caller's
     /// deadline then is the wait's doing as much as the caller's.
     opened_after_wait: bool,
-    /// Its task asked the pool for a second connection while holding this
-    /// one (a nested checkout): the hold lasts as long as that wait.
-    waited_nested: bool,
+    /// Its task waits right now for a second connection of the pool while
+    /// holding this one (a nested checkout).
+    nested_waiting: bool,
+    /// How long its task's nested waits that ended took, in milliseconds
+    /// (saturating at about a minute, which keeps the entry in its size):
+    /// a hold mostly spent so is that wait's doing.
+    nested_waited_ms: u16,
     /// Escalation levels the watchdog's scan marked, and reported.
     #[cfg(feature = "leak-report")]
     flagged: u8,
@@ -390,7 +394,8 @@ impl ShardState {
             connection,
             opened_while_panicking: checkout.panicking,
             opened_after_wait: !checkout.waited.is_zero(),
-            waited_nested: false,
+            nested_waiting: false,
+            nested_waited_ms: 0,
             #[cfg(feature = "leak-report")]
             flagged: 0,
             #[cfg(feature = "leak-report")]
@@ -433,7 +438,10 @@ impl ShardState {
         let origin = self.origins[entry.origin as usize];
         let delta = self.delta(entry.origin);
         delta.record_close(held_ns, outcome);
-        delta.counts.holds_with_nested_wait += u64::from(entry.waited_nested);
+        let nested_wait = entry.nested_waiting || entry.nested_waited_ms > 0;
+        let mostly_nested = entry.nested_waiting
+            || u64::from(entry.nested_waited_ms).saturating_mul(2_000_000) >= held_ns;
+        delta.counts.holds_across_nested_wait += u64::from(nested_wait && mostly_nested);
         // Read in place: the activity record is moved once, into `Closed`.
         let poisoned = match &ended {
             Some((tick, activity)) => {
@@ -525,7 +533,8 @@ impl ShardState {
             span: origin.span(entry.span_id),
             acquired,
             activity,
-            waited_nested: entry.waited_nested,
+            nested_waiting: entry.nested_waiting,
+            nested_waited: Duration::from_millis(entry.nested_waited_ms.into()),
         }
     }
 
@@ -553,15 +562,32 @@ impl ShardState {
     }
 
     /// The first outstanding checkout held by `task`, if any, marked as
-    /// held across a nested wait (its task now waits for a second one).
+    /// held while its task waits for a second one (a nested wait).
     pub(crate) fn nested_holder(&mut self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
         let (key, entry) = self
             .outstanding
             .iter_mut()
             .find(|(_, e)| e.task == Some(task))?;
-        entry.waited_nested = true;
+        entry.nested_waiting = true;
         let entry = &self.outstanding[key];
         Some(self.holder(key, entry, now))
+    }
+
+    /// The nested wait of `task` (see [`Self::nested_holder`]) ended after
+    /// `waited`. Whether its held guard is in this shard.
+    pub(crate) fn nested_wait_ended(&mut self, task: NonZeroU64, waited: Duration) -> bool {
+        let Some((_, entry)) = self
+            .outstanding
+            .iter_mut()
+            .find(|(_, e)| e.task == Some(task) && e.nested_waiting)
+        else {
+            return false;
+        };
+        entry.nested_waiting = false;
+        // Rounded up: a wait of any length counts.
+        let waited_ms = u16::try_from(waited.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        entry.nested_waited_ms = entry.nested_waited_ms.saturating_add(waited_ms);
+        true
     }
 
     pub(crate) fn outstanding_count(&self) -> usize {

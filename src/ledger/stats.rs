@@ -138,9 +138,9 @@ pub(crate) struct Counts {
     /// Checkouts requested while the same task already held a guard of
     /// the pool (self-deadlock risk).
     pub(crate) nested: u64,
-    /// Holds that ended after their task had waited for a second
-    /// connection while holding them.
-    pub(crate) holds_with_nested_wait: u64,
+    /// Holds that ended while their task waited for a second connection,
+    /// or after such waits took at least half of the hold.
+    pub(crate) holds_across_nested_wait: u64,
     pub(crate) database: DatabaseCounts,
 }
 
@@ -157,7 +157,7 @@ impl Counts {
         self.waits += other.waits;
         self.longest_wait = self.longest_wait.max(other.longest_wait);
         self.nested += other.nested;
-        self.holds_with_nested_wait += other.holds_with_nested_wait;
+        self.holds_across_nested_wait += other.holds_across_nested_wait;
         self.database.merge(&other.database);
     }
 

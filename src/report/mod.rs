@@ -49,10 +49,12 @@
 //! **Nested checkout** — an acquire that waited while its task already
 //! held a guard of the same pool (a self-deadlock risk): the waiting site
 //! first, then the sites of the guards those tasks hold meanwhile
-//! ([`HolderLine::nested_wait`]). Those guards are not leaks, and a site
-//! most of whose holds lasted across such a wait is not a long hold: the
-//! wait is why they were long. Comes before the leak rule (after the
-//! server's lock chains).
+//! ([`HolderLine::nested_wait`], [`HolderLine::nested_waited_ms`]). Those
+//! guards (the task waiting now, or such waits at least half the hold so
+//! far) are not leaks, and a site at least half of whose holds ended so is
+//! not a long hold: the wait is why they were long. Then it comes before
+//! the leak rule (after the server's lock chains); when it explains no
+//! hold, last.
 //!
 //! **Long hold** — the culprit holds at least 10 % of the pool's connection
 //! time and at least a quarter of its own hold (and 50 ms) in states that
@@ -160,7 +162,8 @@ impl Report {
                     let backend = j.backends[i]?;
                     Some(server_state(backend, &j.blockers[i], &view.holders))
                 }),
-                nested_wait: h.waited_nested,
+                nested_wait: h.nested_waiting,
+                nested_waited_ms: ms(h.nested_waited),
             })
             .collect();
         let server = server.map(|s| server_section(s, joined.as_ref(), &view.holders, view.now));

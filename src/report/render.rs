@@ -201,7 +201,7 @@ impl fmt::Display for Report {
                     .and_then(|h| h.state.as_deref())
                     .unwrap_or("not observed");
                 let nested = if holder.is_some_and(|h| h.nested_wait) {
-                    ", its task asked for a second connection while holding it (nested checkout)"
+                    ", its task waiting for a second connection (nested checkout)"
                 } else {
                     ""
                 };

@@ -441,9 +441,12 @@ pub struct HolderLine {
     /// What the database server says its backend is doing (see
     /// [`Report::server`]).
     pub server: Option<ServerState>,
-    /// Its task asked the pool for a second connection while holding this
-    /// one (a nested checkout): held as long as that wait lasts.
+    /// Its task waits right now for a second connection of this pool while
+    /// holding this one (a nested checkout).
     pub nested_wait: bool,
+    /// Milliseconds its task's nested waits that ended took during this
+    /// hold (the current one not included).
+    pub nested_waited_ms: f64,
 }
 
 /// An acquire waiting right now.

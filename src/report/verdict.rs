@@ -118,7 +118,13 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
         .as_ref()
         .map(|n| (n.1.clone(), n.2.clone()))
         .unwrap_or_default();
-    verdicts.extend(nested.map(|n| n.0));
+    // First when it explains holds; else last, a risk that did not hold
+    // the pool up.
+    let explains_holds = !nested_guards.is_empty() || !nested_sites.is_empty();
+    let mut nested = nested.map(|n| n.0);
+    if explains_holds {
+        verdicts.extend(nested.take());
+    }
     let leak = leak(period, ctx, &lock_guards, &nested_guards, blockage.as_ref());
     let leak_sites: Vec<CallSite> = leak.as_ref().map(|v| v.1.clone()).unwrap_or_default();
     verdicts.extend(leak.map(|v| v.0));
@@ -146,6 +152,7 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     verdicts.extend(cleanup_path(period, ctx, &blocked, waits_explained));
     verdicts.extend(long.map(|(verdict, _)| verdict));
     verdicts.extend(growth);
+    verdicts.extend(nested);
     if verdicts.is_empty() {
         verdicts.push(Verdict {
             kind: VerdictKind::Healthy,
@@ -830,9 +837,13 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<
         return None;
     }
     let waiting_sites: Vec<String> = found.iter().map(|e| e.subject.clone()).collect();
-    // The holding side: guards kept (now) while their task waits, and
-    // sites whose holds ended after such a wait.
-    let guards: Vec<&HolderLine> = ctx.holders.iter().filter(|h| h.nested_wait).collect();
+    // The holding side: guards kept (now) while their task waits, or
+    // mostly kept so, and sites whose holds ended so.
+    let guards: Vec<&HolderLine> = ctx
+        .holders
+        .iter()
+        .filter(|h| held_across_nested_wait(h))
+        .collect();
     let mut holding_sites: Vec<(String, usize, f64)> = Vec::new();
     for guard in &guards {
         match holding_sites.iter_mut().find(|(s, ..)| *s == guard.site) {
@@ -847,14 +858,14 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<
         found.push(evidence(
             site,
             format!(
-                "{n} guard(s) held while their task waits for a second connection, the oldest held {}",
+                "{n} guard(s) held while their task waits (or waited most of the hold) for a second connection, the oldest held {}",
                 secs(Duration::from_secs_f64(oldest / 1000.0))
             ),
         ));
     }
     let mut sites = Vec::new();
     for party in &period.parties {
-        let ended = party.counts.holds_with_nested_wait;
+        let ended = party.counts.holds_across_nested_wait;
         let holding_now = holding_sites
             .iter()
             .any(|(s, ..)| *s == party.site.to_string());
@@ -865,7 +876,7 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<
             found.push(evidence(
                 party.site.to_string(),
                 format!(
-                    "{ended} of {} holds ended after their task had waited for a second connection while holding them{}",
+                    "{ended} of {} holds ended while their task waited for a second connection, or after such waits took most of the hold{}",
                     party.counts.holds,
                     span_suffix(party, ctx)
                 ),
@@ -896,6 +907,14 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<
         guards.iter().map(|g| g.guard).collect(),
         sites,
     ))
+}
+
+/// A guard whose task waits for a second connection while holding it, or
+/// whose hold so far was mostly such waits: not a leak or long hold of its
+/// own. (One whose task asked once, got it, and kept the first for long
+/// after is judged as any other.)
+fn held_across_nested_wait(h: &HolderLine) -> bool {
+    h.nested_wait || (h.nested_waited_ms > 0.0 && h.nested_waited_ms * 2.0 >= h.held_ms)
 }
 
 /// Which way a culprit holds its connections.
@@ -985,10 +1004,14 @@ fn long_hold<'p>(
             .filter(|p| {
                 // Long in calls behind another holder's transaction: its
                 // victims, not slow statements of their own.
+                // And in calls: a long hold spent outside them that left
+                // too little time here to be a culprit above is no slow
+                // statement.
                 !leak_sites.contains(&p.site)
                     && !is_blocked(blocked, p)
                     && (p.counts.longest_hold >= ctx.threshold || in_one_call_throughout(p, ctx))
                     && share(p) >= CULPRIT_SHARE / 2.0
+                    && matches!(holding(&p.usage), Holding::SlowCalls | Holding::Unobserved)
             })
             .collect();
         culprits.sort_by_key(|p| std::cmp::Reverse(p.usage.held));
@@ -1046,7 +1069,8 @@ fn long_hold<'p>(
         }
     }
     let reason = match (slow_calls, top) {
-        (true, _) | (false, Holding::SlowCalls) => {
+        (true, Holding::SlowCalls | Holding::IdleInTransaction | Holding::Outside)
+        | (false, Holding::SlowCalls) => {
             "connections are held long inside database calls: slow statements, or statements waiting on locks"
                 .to_owned()
         }
@@ -1056,7 +1080,7 @@ fn long_hold<'p>(
         (false, Holding::Outside) => {
             "connections are held across work that is not database work".to_owned()
         }
-        (false, Holding::Unobserved) => format!(
+        (_, Holding::Unobserved) => format!(
             "connections are held past the {} threshold (what the holders do with them is not observed: the pool was not built by poolwatch)",
             secs(ctx.threshold)
         ),
