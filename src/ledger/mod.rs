@@ -451,10 +451,9 @@ impl<A> Ledger<A> {
         waiters
     }
 
-    /// A checkout held by `task`, if any (asked only by acquires that have
-    /// to wait: is this a nested checkout?).
-    /// The first guard `task` holds, marked as held across its nested wait
-    /// (the task now waits for a second connection), if it holds one.
+    /// The first guard `task` holds, if any, marked as held while the task
+    /// waits for a second connection (asked only by acquires that have to
+    /// wait: is this a nested checkout?).
     pub(crate) fn nested_holder(&self, task: NonZeroU64, now: Ticks) -> Option<Holder> {
         self.shards
             .iter()
@@ -463,11 +462,11 @@ impl<A> Ledger<A> {
 
     /// The nested wait of `task` ended after `waited`.
     pub(crate) fn nested_wait_ended(&self, task: NonZeroU64, waited: Duration) {
-        for shard in self.shards.iter() {
-            if shard.state.lock().nested_wait_ended(task, waited) {
-                return;
-            }
-        }
+        // `any` stops at the shard that holds the guard.
+        let _ = self
+            .shards
+            .iter()
+            .any(|shard| shard.state.lock().nested_wait_ended(task, waited));
     }
 
     /// Drains every shard into the archive: one shard lock at a time, each

@@ -438,10 +438,12 @@ impl ShardState {
         let origin = self.origins[entry.origin as usize];
         let delta = self.delta(entry.origin);
         delta.record_close(held_ns, outcome);
-        let nested_wait = entry.nested_waiting || entry.nested_waited_ms > 0;
-        let mostly_nested = entry.nested_waiting
-            || u64::from(entry.nested_waited_ms).saturating_mul(2_000_000) >= held_ns;
-        delta.counts.holds_across_nested_wait += u64::from(nested_wait && mostly_nested);
+        // Ended while its task waited for a second connection, or such
+        // waits took at least half of it.
+        let across_nested_wait = entry.nested_waiting
+            || (entry.nested_waited_ms > 0
+                && u64::from(entry.nested_waited_ms).saturating_mul(2_000_000) >= held_ns);
+        delta.counts.holds_across_nested_wait += u64::from(across_nested_wait);
         // Read in place: the activity record is moved once, into `Closed`.
         let poisoned = match &ended {
             Some((tick, activity)) => {

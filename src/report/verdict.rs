@@ -146,8 +146,8 @@ pub(super) fn diagnose(period: &Period, ctx: &Context<'_>) -> Vec<Verdict> {
     // Whether a verdict says why callers waited: then a call cut by its
     // caller's deadline after a wait for the connection is that cause's
     // doing (its verdict lists the waiters).
-    // (`verdicts` holds the lock chain, the nested checkout and the leak
-    // so far.)
+    // (`verdicts` holds the lock chain, the nested checkout when it
+    // explains holds, and the leak so far.)
     let waits_explained = !verdicts.is_empty() || has_long_hold || growth.is_some();
     verdicts.extend(cleanup_path(period, ctx, &blocked, waits_explained));
     verdicts.extend(long.map(|(verdict, _)| verdict));
@@ -797,16 +797,12 @@ fn cleanup_path(
 /// holds of their own: returns the verdict, those guards (now) and those
 /// sites (most of whose holds lasted across such a wait).
 fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<CallSite>)> {
-    let mut waiting: Vec<(&str, usize, f64)> = Vec::new();
-    for waiter in ctx.waiters.iter().filter(|w| w.nested) {
-        match waiting.iter_mut().find(|(s, ..)| *s == waiter.site) {
-            Some((_, n, longest)) => {
-                *n += 1;
-                *longest = longest.max(waiter.waited_ms);
-            }
-            None => waiting.push((&waiter.site, 1, waiter.waited_ms)),
-        }
-    }
+    let waiting = by_site(
+        ctx.waiters
+            .iter()
+            .filter(|w| w.nested)
+            .map(|w| (w.site.as_str(), w.waited_ms)),
+    );
     let mut found: Vec<Evidence> = waiting
         .into_iter()
         .map(|(site, n, longest)| {
@@ -844,17 +840,8 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<
         .iter()
         .filter(|h| held_across_nested_wait(h))
         .collect();
-    let mut holding_sites: Vec<(String, usize, f64)> = Vec::new();
-    for guard in &guards {
-        match holding_sites.iter_mut().find(|(s, ..)| *s == guard.site) {
-            Some((_, n, oldest)) => {
-                *n += 1;
-                *oldest = oldest.max(guard.held_ms);
-            }
-            None => holding_sites.push((guard.site.clone(), 1, guard.held_ms)),
-        }
-    }
-    for (site, n, oldest) in &holding_sites {
+    let holding_sites = by_site(guards.iter().map(|g| (g.site.as_str(), g.held_ms)));
+    for &(site, n, oldest) in &holding_sites {
         found.push(evidence(
             site,
             format!(
@@ -907,6 +894,22 @@ fn nested(period: &Period, ctx: &Context<'_>) -> Option<(Verdict, Vec<u64>, Vec<
         guards.iter().map(|g| g.guard).collect(),
         sites,
     ))
+}
+
+/// `(site, milliseconds)` grouped by site, in order of first appearance:
+/// how many, and the most milliseconds.
+fn by_site<'a>(items: impl Iterator<Item = (&'a str, f64)>) -> Vec<(&'a str, usize, f64)> {
+    let mut groups: Vec<(&str, usize, f64)> = Vec::new();
+    for (site, ms) in items {
+        match groups.iter_mut().find(|(s, ..)| *s == site) {
+            Some((_, n, most)) => {
+                *n += 1;
+                *most = most.max(ms);
+            }
+            None => groups.push((site, 1, ms)),
+        }
+    }
+    groups
 }
 
 /// A guard whose task waits for a second connection while holding it, or
@@ -1069,8 +1072,11 @@ fn long_hold<'p>(
         }
     }
     let reason = match (slow_calls, top) {
-        (true, Holding::SlowCalls | Holding::IdleInTransaction | Holding::Outside)
-        | (false, Holding::SlowCalls) => {
+        (_, Holding::Unobserved) => format!(
+            "connections are held past the {} threshold (what the holders do with them is not observed: the pool was not built by poolwatch)",
+            secs(ctx.threshold)
+        ),
+        (true, _) | (false, Holding::SlowCalls) => {
             "connections are held long inside database calls: slow statements, or statements waiting on locks"
                 .to_owned()
         }
@@ -1080,10 +1086,6 @@ fn long_hold<'p>(
         (false, Holding::Outside) => {
             "connections are held across work that is not database work".to_owned()
         }
-        (_, Holding::Unobserved) => format!(
-            "connections are held past the {} threshold (what the holders do with them is not observed: the pool was not built by poolwatch)",
-            secs(ctx.threshold)
-        ),
     };
     let causes: Vec<(CallSite, Option<&'static str>)> =
         culprits.iter().map(|p| (p.site, p.span)).collect();
